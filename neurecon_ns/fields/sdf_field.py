@@ -1,0 +1,279 @@
+"""Geometry and radiance networks shared by NeuS, VolSDF and UNISURF.
+
+The geometry network maps a point of the unit-sphere space to a level-set value (a signed distance
+for NeuS/VolSDF, an occupancy logit for UNISURF) and a feature vector; the radiance network maps
+(point, view direction, surface normal, feature) to a colour, as in IDR (Yariv et al. 2020, sec. 3.3).
+
+The field knows nothing of rays: it is evaluated at points and returns tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Literal, Optional, Tuple, Type
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from nerfstudio.configs.base_config import InstantiateConfig
+
+
+class PositionalEncoding(nn.Module):
+    """NeRF's frequency encoding as NeuS and IDR use it: `[x, sin(2^k x), cos(2^k x)]`, k = 0..L-1.
+
+    Unlike nerfstudio's `NeRFEncoding` there is no 2*pi factor: the geometric initialisation below
+    assumes this exact form (the raw coordinates come first).
+    """
+
+    def __init__(self, in_dim: int, num_frequencies: int) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.num_frequencies = num_frequencies
+        self.register_buffer("frequencies", 2.0 ** torch.arange(num_frequencies, dtype=torch.float32), persistent=False)
+
+    def get_out_dim(self) -> int:
+        return self.in_dim * (1 + 2 * self.num_frequencies)
+
+    def forward(self, x: Float[Tensor, "*bs in_dim"]) -> Float[Tensor, "*bs out_dim"]:
+        if self.num_frequencies == 0:
+            return x
+        scaled = (x[..., None, :] * self.frequencies[:, None]).flatten(-2)  # [..., L * in_dim]
+        return torch.cat([x, torch.sin(scaled), torch.cos(scaled)], dim=-1)
+
+
+@dataclass
+class GeometryNetworkConfig(InstantiateConfig):
+    """The geometry MLP of NeuS/IDR: level-set value and a feature vector per point."""
+
+    _target: Type = field(default_factory=lambda: GeometryNetwork)
+    num_layers: int = 8
+    """Number of hidden layers."""
+    hidden_dim: int = 256
+    """Width of the hidden layers."""
+    skip_layers: Tuple[int, ...] = (4,)
+    """Hidden layers whose input is concatenated with the encoded point (DeepSDF skip)."""
+    num_frequencies: int = 6
+    """Frequencies of the positional encoding of the point (0 disables it)."""
+    feature_dim: int = 256
+    """Size of the feature vector passed to the radiance network."""
+    softplus_beta: float = 100.0
+    """Sharpness of the Softplus activation."""
+    geometric_init: bool = True
+    """Initialise the network to the SDF of a sphere (Atzmon & Lipman, SAL)."""
+    init_radius: float = 0.5
+    """Radius of the initial sphere."""
+    inside_out: bool = False
+    """Flip the initial sphere's sign (for scenes seen from inside, e.g. rooms)."""
+    use_weight_norm: bool = True
+    """Weight normalisation of every linear layer."""
+    input_scale: float = 1.0
+    """Points are multiplied by this before encoding; the output SDF is divided by it."""
+
+
+class GeometryNetwork(nn.Module):
+    """MLP `x -> (f(x), z(x))`: a level-set value and a feature vector, with a skip connection."""
+
+    config: GeometryNetworkConfig
+
+    def __init__(self, config: GeometryNetworkConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoding = PositionalEncoding(3, config.num_frequencies)
+        encoded_dim = self.encoding.get_out_dim()
+        out_dim = 1 + config.feature_dim
+        self.activation = nn.Softplus(beta=config.softplus_beta)
+
+        layers = []
+        in_dim = encoded_dim
+        for index in range(config.num_layers + 1):
+            is_last = index == config.num_layers
+            layer_out = out_dim if is_last else config.hidden_dim
+            # the layer before a skip outputs fewer channels so that the concatenation has hidden_dim
+            if not is_last and (index + 1) in config.skip_layers:
+                layer_out = config.hidden_dim - encoded_dim
+            layer_in = in_dim + encoded_dim if index in config.skip_layers else in_dim
+            linear = nn.Linear(layer_in, layer_out)
+            if config.geometric_init:
+                self._geometric_init(linear, index, is_last, encoded_dim)
+            if config.use_weight_norm:
+                linear = weight_norm(linear)
+            layers.append(linear)
+            in_dim = layer_out
+        self.layers = nn.ModuleList(layers)
+
+    def _geometric_init(self, linear: nn.Linear, index: int, is_last: bool, encoded_dim: int) -> None:
+        """SAL initialisation: the network starts as (approximately) the SDF of a sphere of `init_radius`."""
+        config = self.config
+        out_dim, in_dim = linear.weight.shape
+        if is_last:
+            sign = -1.0 if config.inside_out else 1.0
+            nn.init.normal_(linear.weight, mean=sign * math.sqrt(math.pi) / math.sqrt(in_dim), std=1e-4)
+            nn.init.constant_(linear.bias, -sign * config.init_radius)
+            return
+        nn.init.normal_(linear.weight, 0.0, math.sqrt(2) / math.sqrt(out_dim))
+        nn.init.constant_(linear.bias, 0.0)
+        if config.num_frequencies > 0:
+            # the frequency channels start switched off, so the initial function is smooth
+            if index == 0:
+                nn.init.constant_(linear.weight[:, 3:], 0.0)
+            elif index in config.skip_layers:
+                nn.init.constant_(linear.weight[:, -(encoded_dim - 3) :], 0.0)
+
+    def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
+        """Returns `[level_value, feature...]` per point."""
+        encoded = self.encoding(points * self.config.input_scale)
+        hidden = encoded
+        for index, layer in enumerate(self.layers):
+            if index in self.config.skip_layers:
+                hidden = torch.cat([hidden, encoded], dim=-1) / math.sqrt(2)
+            hidden = layer(hidden)
+            if index < len(self.layers) - 1:
+                hidden = self.activation(hidden)
+        level_value = hidden[..., :1] / self.config.input_scale
+        return torch.cat([level_value, hidden[..., 1:]], dim=-1)
+
+
+@dataclass
+class RadianceNetworkConfig(InstantiateConfig):
+    """The colour MLP of IDR/NeuS: c(x, v, n, z)."""
+
+    _target: Type = field(default_factory=lambda: RadianceNetwork)
+    num_layers: int = 4
+    """Number of hidden layers."""
+    hidden_dim: int = 256
+    """Width of the hidden layers."""
+    num_direction_frequencies: int = 4
+    """Frequencies of the positional encoding of the view direction."""
+    use_weight_norm: bool = True
+    """Weight normalisation of every linear layer."""
+    use_points: bool = True
+    """Feed the point position."""
+    use_normals: bool = True
+    """Feed the level-set gradient (the surface normal, unnormalised as in IDR)."""
+
+
+class RadianceNetwork(nn.Module):
+    """MLP `(x, v, n, z) -> rgb` in [0, 1]."""
+
+    def __init__(self, config: RadianceNetworkConfig, feature_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.direction_encoding = PositionalEncoding(3, config.num_direction_frequencies)
+        in_dim = self.direction_encoding.get_out_dim() + feature_dim
+        in_dim += 3 if config.use_points else 0
+        in_dim += 3 if config.use_normals else 0
+        dims = [in_dim] + [config.hidden_dim] * config.num_layers + [3]
+        layers = []
+        for layer_in, layer_out in zip(dims[:-1], dims[1:]):
+            linear = nn.Linear(layer_in, layer_out)
+            layers.append(weight_norm(linear) if config.use_weight_norm else linear)
+        self.layers = nn.ModuleList(layers)
+
+    def forward(
+        self,
+        points: Float[Tensor, "*bs 3"],
+        directions: Float[Tensor, "*bs 3"],
+        normals: Float[Tensor, "*bs 3"],
+        features: Float[Tensor, "*bs feature_dim"],
+    ) -> Float[Tensor, "*bs 3"]:
+        inputs = [self.direction_encoding(directions), features]
+        if self.config.use_points:
+            inputs.insert(0, points)
+        if self.config.use_normals:
+            inputs.insert(-1, normals)
+        hidden = torch.cat(inputs, dim=-1)
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden)
+            if index < len(self.layers) - 1:
+                hidden = torch.relu(hidden)
+        return torch.sigmoid(hidden)
+
+
+@dataclass
+class SurfaceFieldConfig(InstantiateConfig):
+    """Geometry network + radiance network."""
+
+    _target: Type = field(default_factory=lambda: SurfaceField)
+    geometry: GeometryNetworkConfig = field(default_factory=GeometryNetworkConfig)
+    """The level-set network."""
+    radiance: RadianceNetworkConfig = field(default_factory=RadianceNetworkConfig)
+    """The colour network."""
+    geometry_type: Literal["mlp", "siren"] = "mlp"
+    """Kind of geometry network (SIREN: periodic activations)."""
+
+
+class SurfaceField(nn.Module):
+    """Evaluates the level-set function, its gradient and the colour at points.
+
+    Also satisfies nerfstudio's `ns-export marching-cubes` contract: `forward_geonetwork(x)[:, 0]` is
+    the level-set function whose zero is the surface.
+    """
+
+    config: SurfaceFieldConfig
+
+    def __init__(self, config: SurfaceFieldConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.geometry_network = self._build_geometry(config)
+        self.radiance_network = RadianceNetwork(config.radiance, feature_dim=config.geometry.feature_dim)
+
+    @staticmethod
+    def _build_geometry(config: SurfaceFieldConfig) -> nn.Module:
+        if config.geometry_type == "siren":
+            from neurecon_ns.fields.siren import SirenGeometryNetwork
+
+            return SirenGeometryNetwork(config.geometry)
+        return config.geometry.setup()
+
+    def forward_geonetwork(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
+        """`[level_value, feature...]` per point (nerfstudio's exporter reads column 0)."""
+        return self.geometry_network(points)
+
+    def get_level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
+        """The level-set value alone (SDF or occupancy logit)."""
+        return self.geometry_network(points)[..., :1]
+
+    def get_level_value_and_gradient(
+        self, points: Float[Tensor, "*bs 3"], create_graph: Optional[bool] = None
+    ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
+        """Level value, feature and the analytic gradient d(level)/dx.
+
+        The gradient is computed under `enable_grad` so that normals also come out of the
+        `no_grad` rendering paths of nerfstudio (viewer, ns-render); the graph is kept only while
+        training (the eikonal loss differentiates through it).
+        """
+        if create_graph is None:
+            create_graph = self.training and torch.is_grad_enabled()
+        with torch.enable_grad():
+            if not points.requires_grad:
+                points = points.detach().requires_grad_(True)
+            output = self.geometry_network(points)
+            level_value = output[..., :1]
+            (gradient,) = torch.autograd.grad(
+                level_value,
+                points,
+                grad_outputs=torch.ones_like(level_value),
+                create_graph=create_graph,
+                retain_graph=create_graph,
+            )
+        if not create_graph:
+            output, level_value, gradient = output.detach(), level_value.detach(), gradient.detach()
+        return level_value, output[..., 1:], gradient
+
+    def get_colors(
+        self,
+        points: Float[Tensor, "*bs 3"],
+        directions: Float[Tensor, "*bs 3"],
+        gradients: Float[Tensor, "*bs 3"],
+        features: Float[Tensor, "*bs feature_dim"],
+    ) -> Float[Tensor, "*bs 3"]:
+        return self.radiance_network(points, directions, gradients, features)
+
+    def forward(self, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]) -> Dict[str, Tensor]:
+        """Everything a renderer needs at the points: level value, gradient, colour."""
+        level_value, features, gradient = self.get_level_value_and_gradient(points)
+        rgb = self.get_colors(points, directions, gradient, features)
+        return {"level": level_value, "gradient": gradient, "rgb": rgb}

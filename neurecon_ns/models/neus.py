@@ -1,0 +1,90 @@
+"""NeuS: Learning Neural Implicit Surfaces by Volume Rendering (Wang et al., NeurIPS 2021).
+
+What NeuS adds to the shared surface model:
+- a learned sharpness `s` of the logistic density `phi_s` (sec. 3.2), stored as `inv_s = exp(10 * v)`;
+- the unbiased discrete opacity from the SDF at the two ends of each section (eq. 13), with the
+  cosine annealing of the SDF slope in early training;
+- the hierarchical up-sampler with fixed, doubling sharpness (sec. 3.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Type
+
+import torch
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+
+from neurecon_ns.model_components.samplers import NeuSSamplerConfig
+from neurecon_ns.model_components.sdf_to_density import neus_alpha, neus_section_sdfs
+from neurecon_ns.models.surface_model import SurfaceModel, SurfaceModelConfig
+
+
+class LearnedVariance(nn.Module):
+    """NeuS's single trainable scalar: `inv_s = 1/s = exp(10 * v)`, the sharpness of `phi_s`."""
+
+    def __init__(self, init_value: float) -> None:
+        super().__init__()
+        self.variance = nn.Parameter(torch.tensor(init_value))
+
+    def inv_s(self) -> Tensor:
+        return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
+
+
+@dataclass
+class NeuSModelConfig(SurfaceModelConfig):
+    """NeuS: SDF field, logistic density, unbiased opacity, hierarchical up-sampling."""
+
+    _target: Type = field(default_factory=lambda: NeuSModel)
+    sampler: NeuSSamplerConfig = field(default_factory=NeuSSamplerConfig)
+    """Uniform + up-sampling settings."""
+    init_variance: float = 0.3
+    """Initial `v` of `inv_s = exp(10 v)` (0.3 gives inv_s = 20)."""
+    cos_anneal_end: int = 50000
+    """Step at which the SDF slope estimate stops being softened (0 disables the annealing)."""
+
+
+class NeuSModel(SurfaceModel):
+    config: NeuSModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        self.sampler = self.config.sampler.setup()
+        self.variance = LearnedVariance(self.config.init_variance)
+        self.cos_anneal_ratio = 1.0 if self.config.cos_anneal_end <= 0 else 0.0
+
+    def extra_field_parameters(self) -> List[Parameter]:
+        return list(self.variance.parameters())
+
+    def update_to_step(self, step: int) -> None:
+        end = self.config.cos_anneal_end
+        self.cos_anneal_ratio = 1.0 if end <= 0 else min(1.0, step / end)
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self.update_to_step,
+            )
+        ]
+
+    def sample_along_rays(self, ray_bundle: RayBundle) -> RaySamples:
+        return self.sampler(ray_bundle, self.level_set)
+
+    def get_alphas(self, ray_samples: RaySamples, field_outputs: Dict[str, Tensor]) -> Tensor:
+        """Eq. 13 on each section, its end-point SDFs estimated from the mid point."""
+        deltas = ray_samples.frustums.ends - ray_samples.frustums.starts
+        cos_view_normal = (ray_samples.frustums.directions * field_outputs["gradient"]).sum(dim=-1, keepdim=True)
+        sdf_prev, sdf_next = neus_section_sdfs(field_outputs["level"], cos_view_normal, deltas, self.cos_anneal_ratio)
+        return neus_alpha(sdf_prev, sdf_next, self.variance.inv_s())
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        metrics_dict = super().get_metrics_dict(outputs, batch)
+        metrics_dict["inv_s"] = self.variance.inv_s().detach()
+        metrics_dict["cos_anneal_ratio"] = torch.tensor(self.cos_anneal_ratio)
+        return metrics_dict

@@ -1,0 +1,228 @@
+"""What NeuS, VolSDF and UNISURF share: a level-set field rendered by alpha compositing.
+
+A paper's model subclasses `SurfaceModel` and provides three things: its sampler
+(`sample_along_rays`), how a section's opacity follows from the field (`get_alphas`), and any
+paper-specific losses or schedules. Everything else lives here once: the ray bounds of the
+unit sphere, the field evaluation, compositing of colour, depth, normals and the background,
+the colour, eikonal and mask losses, image metrics, and nerfstudio's camera optimiser.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from torch.nn import Parameter
+
+from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.model_components.renderers import DepthRenderer
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+
+from neurecon_ns.fields.sdf_field import SurfaceFieldConfig
+from neurecon_ns.model_components.colliders import UnitSphereCollider
+
+
+@dataclass
+class SurfaceModelConfig(ModelConfig):
+    """Settings every surface model has; each method's defaults are set in `neurecon_ns/methods.py`."""
+
+    _target: Type = field(default_factory=lambda: SurfaceModel)
+    networks: SurfaceFieldConfig = field(default_factory=SurfaceFieldConfig)
+    """Geometry and radiance networks."""
+    sdf_field: bool = True
+    """The field's level-set function is negative inside and zero on the surface (nerfstudio's
+    `ns-export marching-cubes` reads this flag and `field.forward_geonetwork(x)[:, 0]`)."""
+    sphere_radius: float = 1.0
+    """Radius of the region of interest in the training space (the data parser maps it to 1)."""
+    near_plane: float = 0.0
+    """Rays start at least this far from the camera."""
+    background_color: Literal["black", "white", "random"] = "black"
+    """Colour behind the surface where nothing is hit ("random" only while training)."""
+    eikonal_loss_weight: float = 0.1
+    """Weight of the eikonal regulariser `(|grad f| - 1)^2` (IGR)."""
+    mask_loss_weight: float = 0.0
+    """Weight of the binary cross-entropy between accumulated opacity and the foreground mask (0 disables it)."""
+    eikonal_radius: float = 1.2
+    """Samples farther than this from the origin are left out of the eikonal loss."""
+    camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
+    """nerfstudio's camera pose refinement (off by default)."""
+
+
+class SurfaceModel(Model):
+    """Base class of the level-set models; subclasses implement `sample_along_rays` and `get_alphas`."""
+
+    config: SurfaceModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        self.field = self.config.networks.setup()
+        self.collider = UnitSphereCollider(radius=self.config.sphere_radius, near_plane=self.config.near_plane)
+        self.camera_optimizer: CameraOptimizer = self.config.camera_optimizer.setup(
+            num_cameras=self.num_train_data, device="cpu"
+        )
+        self.renderer_depth = DepthRenderer(method="expected")
+        self._lpips = None  # built lazily: torchmetrics downloads its weights when constructed
+        self._lpips_unavailable = False
+
+    # -- what a paper provides ---------------------------------------------------------------
+
+    def sample_along_rays(self, ray_bundle: RayBundle) -> RaySamples:
+        """Sections along the rays where the field is evaluated (the paper's sampler)."""
+        raise NotImplementedError
+
+    def get_alphas(self, ray_samples: RaySamples, field_outputs: Dict[str, Tensor]) -> Float[Tensor, "*bs num_samples 1"]:
+        """Opacity of each section from the field (the paper's level-set-to-opacity mapping)."""
+        raise NotImplementedError
+
+    def level_set(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs"]:
+        """Signed level-set function in the training space: negative inside, zero on the surface."""
+        return self.field.get_level_value(points)[..., 0]
+
+    # -- shared machinery --------------------------------------------------------------------
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        param_groups = {"fields": list(self.field.parameters()) + self.extra_field_parameters()}
+        self.camera_optimizer.get_param_groups(param_groups=param_groups)
+        return param_groups
+
+    def extra_field_parameters(self) -> List[Parameter]:
+        """Parameters of a paper's own modules (e.g. NeuS's variance) trained with the field."""
+        return []
+
+    def background_rgb(self, ray_bundle: RayBundle) -> Float[Tensor, "num_rays 3"]:
+        """Colour seen through the region of interest (a constant colour here)."""
+        color = self.config.background_color
+        num_rays = ray_bundle.origins.shape[0]
+        if color == "random" and self.training:
+            return torch.rand(num_rays, 3, device=ray_bundle.origins.device)
+        value = 1.0 if color == "white" else 0.0
+        return torch.full((num_rays, 3), value, device=ray_bundle.origins.device)
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        if self.training:
+            self.camera_optimizer.apply_to_raybundle(ray_bundle)
+        ray_samples = self.sample_along_rays(ray_bundle)
+        points = ray_samples.frustums.get_positions()
+        directions = ray_samples.frustums.directions
+        field_outputs = self.field(points, directions)
+        alphas = self.get_alphas(ray_samples, field_outputs)
+        weights = ray_samples.get_weights_and_transmittance_from_alphas(alphas, weights_only=True)
+
+        accumulation = weights.sum(dim=-2)
+        rgb = (weights * field_outputs["rgb"]).sum(dim=-2) + (1.0 - accumulation) * self.background_rgb(ray_bundle)
+        normals = F.normalize(field_outputs["gradient"], dim=-1)
+        normal = (weights * normals).sum(dim=-2)
+        outputs: Dict[str, Tensor] = {
+            "rgb": rgb,
+            "accumulation": accumulation,
+            "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
+            "normal": (normal + 1.0) / 2.0,  # world-space normal shown as a colour in [0, 1]
+        }
+        if self.training:
+            outputs["gradients"] = field_outputs["gradient"]
+            outputs["eikonal_points"] = points
+            outputs["weights"] = weights
+        outputs.update(self.extra_outputs(ray_bundle, ray_samples, field_outputs, weights))
+        return outputs
+
+    def extra_outputs(
+        self, ray_bundle: RayBundle, ray_samples: RaySamples, field_outputs: Dict[str, Tensor], weights: Tensor
+    ) -> Dict[str, Tensor]:
+        """Per-ray outputs a paper adds (they appear in the viewer and in `ns-render`)."""
+        return {}
+
+    def eikonal_loss(self, outputs: Dict[str, Tensor]) -> Tensor:
+        """IGR's eikonal term `mean((|grad f(x)| - 1)^2)` over samples within `eikonal_radius`."""
+        inside = (outputs["eikonal_points"].norm(dim=-1) < self.config.eikonal_radius).float()
+        error = (outputs["gradients"].norm(dim=-1) - 1.0) ** 2
+        return (error * inside).sum() / (inside.sum() + 1e-5)
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        gt_rgb = batch["image"].to(self.device)[..., :3]
+        fg_mask = self.foreground_mask(batch)
+        loss_dict: Dict[str, Tensor] = {}
+        if fg_mask is not None and self.config.mask_loss_weight > 0:
+            # with a mask loss, colour is only supervised on the object (NeuS's masked setting)
+            loss_dict["rgb_loss"] = ((outputs["rgb"] - gt_rgb).abs() * fg_mask).sum() / (fg_mask.sum() * 3 + 1e-5)
+            opacity = outputs["accumulation"].clamp(1e-3, 1.0 - 1e-3)
+            loss_dict["mask_loss"] = self.config.mask_loss_weight * F.binary_cross_entropy(opacity, fg_mask)
+        else:
+            loss_dict["rgb_loss"] = (outputs["rgb"] - gt_rgb).abs().mean()
+        if self.training and self.config.eikonal_loss_weight > 0:
+            loss_dict["eikonal_loss"] = self.config.eikonal_loss_weight * self.eikonal_loss(outputs)
+        if self.training:
+            self.camera_optimizer.get_loss_dict(loss_dict)
+        return loss_dict
+
+    def foreground_mask(self, batch: Dict[str, Tensor]) -> Optional[Float[Tensor, "*bs 1"]]:
+        """The object mask of the batch's rays as floats in {0, 1}, if the data has masks."""
+        mask = batch.get("fg_mask")
+        if mask is None:
+            return None
+        return mask.to(self.device).float()
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        metrics_dict: Dict[str, Tensor] = {}
+        gt_rgb = batch["image"].to(self.device)[..., :3]
+        metrics_dict["psnr"] = -10.0 * torch.log10(F.mse_loss(outputs["rgb"], gt_rgb))
+        if self.training:
+            metrics_dict["eikonal"] = self.eikonal_loss(outputs).detach()
+            self.camera_optimizer.get_metrics_dict(metrics_dict)
+        return metrics_dict
+
+    # -- evaluation images ---------------------------------------------------------------------
+
+    def _lpips_metric(self):
+        if self._lpips is None and not self._lpips_unavailable:
+            try:
+                from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+                self._lpips = LearnedPerceptualImagePatchSimilarity(normalize=True).to(self.device)
+            except Exception as error:  # no network or no cached weights: LPIPS is skipped, not fatal
+                self._lpips_unavailable = True
+                warnings.warn(f"LPIPS is skipped: its weights could not be loaded ({type(error).__name__}: {error}).")
+        return self._lpips
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+        gt_rgb = batch["image"].to(self.device)[..., :3]
+        predicted_rgb = outputs["rgb"]
+        fg_mask = self.foreground_mask(batch)
+        if fg_mask is not None and self.config.mask_loss_weight > 0:
+            # the model only explains the object: compare against the object on the background colour
+            gt_rgb = gt_rgb * fg_mask + (1.0 - fg_mask) * self.background_rgb_constant()
+        gt_chw = torch.moveaxis(gt_rgb, -1, 0)[None]
+        pred_chw = torch.moveaxis(predicted_rgb, -1, 0)[None].clamp(0.0, 1.0)
+        metrics: Dict[str, float] = {
+            "psnr": float(peak_signal_noise_ratio(pred_chw, gt_chw, data_range=1.0)),
+            "ssim": float(structural_similarity_index_measure(pred_chw, gt_chw, data_range=1.0)),
+        }
+        if fg_mask is not None:
+            inside = fg_mask[..., 0] > 0.5
+            if inside.any():
+                mse = F.mse_loss(predicted_rgb[inside], gt_rgb[inside])
+                metrics["psnr_masked"] = float(-10.0 * torch.log10(mse))
+        lpips = self._lpips_metric()
+        if lpips is not None:
+            metrics["lpips"] = float(lpips(pred_chw, gt_chw))
+        images = {
+            "img": torch.cat([gt_rgb, predicted_rgb], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+            "normal": outputs["normal"],
+        }
+        return metrics, images
+
+    def background_rgb_constant(self) -> Tensor:
+        value = 1.0 if self.config.background_color == "white" else 0.0
+        return torch.full((3,), value, device=self.device)
