@@ -51,6 +51,8 @@ class SurfaceModelConfig(ModelConfig):
     """Weight of the binary cross-entropy between accumulated opacity and the foreground mask (0 disables it)."""
     eikonal_radius: float = 1.2
     """Samples farther than this from the origin are left out of the eikonal loss."""
+    num_eikonal_uniform_points: int = 0
+    """Points drawn uniformly in the ball of `sphere_radius` per batch, added to the eikonal loss (VolSDF)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """nerfstudio's camera pose refinement (off by default)."""
 
@@ -126,9 +128,14 @@ class SurfaceModel(Model):
             "normal": (normal + 1.0) / 2.0,  # world-space normal shown as a colour in [0, 1]
         }
         if self.training:
-            outputs["gradients"] = field_outputs["gradient"]
-            outputs["eikonal_points"] = points
+            outputs["gradients"] = field_outputs["gradient"].reshape(-1, 3)
+            outputs["eikonal_points"] = points.reshape(-1, 3)
             outputs["weights"] = weights
+            if self.config.num_eikonal_uniform_points > 0:
+                uniform_points = self.uniform_points_in_sphere(self.config.num_eikonal_uniform_points)
+                _, _, uniform_gradients = self.field.get_level_value_and_gradient(uniform_points)
+                outputs["gradients"] = torch.cat([outputs["gradients"], uniform_gradients])
+                outputs["eikonal_points"] = torch.cat([outputs["eikonal_points"], uniform_points])
         outputs.update(self.extra_outputs(ray_bundle, ray_samples, field_outputs, weights))
         return outputs
 
@@ -137,6 +144,11 @@ class SurfaceModel(Model):
     ) -> Dict[str, Tensor]:
         """Per-ray outputs a paper adds (they appear in the viewer and in `ns-render`)."""
         return {}
+
+    def uniform_points_in_sphere(self, num_points: int) -> Float[Tensor, "num_points 3"]:
+        directions = F.normalize(torch.randn(num_points, 3, device=self.device), dim=-1)
+        radii = self.config.sphere_radius * torch.rand(num_points, 1, device=self.device) ** (1.0 / 3.0)
+        return directions * radii
 
     def eikonal_loss(self, outputs: Dict[str, Tensor]) -> Tensor:
         """IGR's eikonal term `mean((|grad f(x)| - 1)^2)` over samples within `eikonal_radius`."""

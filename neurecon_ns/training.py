@@ -1,0 +1,104 @@
+"""Short in-process training runs through nerfstudio's own `Trainer`: the demo, tests and benchmarks.
+
+`small_cpu_config` shrinks any method of the plugin to a size that trains on a laptop CPU in a
+minute or two (smaller networks, fewer rays and samples, a short schedule); everything else,
+the data parser, data manager, model, losses and optimiser, is the method's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig, ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+
+
+def method_config(method_name: str) -> TrainerConfig:
+    """A fresh copy of a registered method's configuration."""
+    from nerfstudio.configs.method_configs import all_methods
+
+    if method_name not in all_methods:
+        from neurecon_ns.errors import UserInputError
+
+        raise UserInputError(f"unknown method '{method_name}'; run `ns-train --help` for the registered names.")
+    return copy.deepcopy(all_methods[method_name])
+
+
+def small_cpu_config(
+    config: TrainerConfig,
+    data: Path,
+    output_dir: Path,
+    steps: int,
+    hidden_dim: int = 64,
+    num_layers: int = 4,
+    rays_per_batch: int = 256,
+    seed: int = 0,
+) -> TrainerConfig:
+    """The method shrunk for a CPU: small networks, fewer rays, schedule fitted to `steps`."""
+    config = copy.deepcopy(config)
+    config.machine.device_type = "cpu"
+    config.machine.seed = seed
+    config.vis = "tensorboard"
+    config.output_dir = Path(output_dir)
+    config.max_num_iterations = steps
+    config.steps_per_save = steps
+    config.save_only_latest_checkpoint = True
+    config.steps_per_eval_batch = steps + 1
+    config.steps_per_eval_image = steps + 1
+    config.steps_per_eval_all_images = steps + 1
+    config.logging.steps_per_log = max(steps // 10, 1)
+    config.logging.local_writer.enable = False
+    config.data = Path(data)
+
+    datamanager = config.pipeline.datamanager
+    datamanager.data = Path(data)
+    datamanager.train_num_rays_per_batch = rays_per_batch
+    datamanager.eval_num_rays_per_batch = rays_per_batch
+
+    model = config.pipeline.model
+    geometry = model.networks.geometry
+    geometry.hidden_dim = hidden_dim
+    geometry.num_layers = num_layers
+    geometry.skip_layers = (num_layers // 2,) if num_layers >= 4 else ()
+    geometry.feature_dim = hidden_dim
+    radiance = model.networks.radiance
+    radiance.hidden_dim = hidden_dim
+    radiance.num_layers = 2
+    model.eval_num_rays_per_chunk = 4096
+    _shrink_sampler(model)
+    _fit_schedules(config, steps)
+    return config
+
+
+def _shrink_sampler(model) -> None:
+    """Halve the samples per ray of samplers that have these settings."""
+    sampler = getattr(model, "sampler", None)
+    for name, value in (("num_uniform", 32), ("num_importance", 32), ("num_upsample_steps", 2)):
+        if sampler is not None and hasattr(sampler, name):
+            setattr(sampler, name, value)
+
+
+def _fit_schedules(config: TrainerConfig, steps: int) -> None:
+    """Compress every learning-rate schedule (and the model's step schedules) to `steps`."""
+    for group in config.optimizers.values():
+        scheduler = group.get("scheduler")
+        if isinstance(scheduler, CosineDecaySchedulerConfig):
+            group["scheduler"] = dataclasses.replace(scheduler, warm_up_end=min(100, steps // 10), max_steps=steps)
+        elif isinstance(scheduler, ExponentialDecaySchedulerConfig):
+            group["scheduler"] = dataclasses.replace(scheduler, max_steps=steps)
+    model = config.pipeline.model
+    if hasattr(model, "cos_anneal_end") and model.cos_anneal_end > 0:
+        model.cos_anneal_end = max(steps // 4, 1)
+
+
+def train(config: TrainerConfig, local_rank: int = 0, world_size: int = 1):
+    """Run nerfstudio's trainer in this process; returns the trainer (its pipeline holds the model)."""
+    config.set_timestamp()
+    config.print_to_terminal = lambda: None  # type: ignore[method-assign]
+    config.save_config()
+    trainer = config.setup(local_rank=local_rank, world_size=world_size)
+    trainer.setup()
+    trainer.train()
+    return trainer
