@@ -13,6 +13,7 @@ import tyro
 
 # subcommand name -> (module, dataclass); modules are imported only when the CLI is built.
 SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
+    "synth": ("synth", "Synth"),
 }
 
 
@@ -23,7 +24,7 @@ def _load(name: str):
 
 def entrypoint() -> None:
     """Console entry point of `neurecon`."""
-    commands = {name: _load(name)() for name in SUBCOMMANDS}
+    commands = {name: _load(name) for name in SUBCOMMANDS}
     command = tyro.extras.subcommand_cli_from_dict(commands, description=__doc__)
     try:
         command.main()

@@ -1,0 +1,266 @@
+"""Analytic shapes with exact geometry, in the unit-sphere space (the object lies inside |x| < 1).
+
+Each shape is a signed distance function: negative inside, zero exactly on the surface, and
+1-Lipschitz everywhere (a true Euclidean distance for the primitives; a lower bound on it for the
+smooth union, whose gradient is a convex combination of unit gradients). That is what sphere
+tracing needs to be safe and what makes the zero level set the one exact surface that renders,
+masks and ground-truth meshes all share.
+
+The SDFs take numpy arrays or torch tensors of shape [..., 3] and return [...]; they only use
+operations that both libraries spell the same way. +z is "up" in the unit-sphere space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Sequence, Union
+
+import numpy as np
+import torch
+import trimesh
+from jaxtyping import Float
+from skimage.measure import marching_cubes
+
+from neurecon_ns.errors import UserInputError
+
+Array = Union[np.ndarray, torch.Tensor]
+SdfFn = Callable[[Array], Array]
+
+
+def _xp(points: Array):
+    """The array library (numpy or torch) that `points` belongs to."""
+    return torch if isinstance(points, torch.Tensor) else np
+
+
+def _length(vectors: Array) -> Array:
+    """Euclidean norm over the last axis."""
+    return _xp(vectors).sqrt(_xp(vectors).einsum("...i,...i->...", vectors, vectors))
+
+
+# ---------------------------------------------------------------------------------------------
+# Primitive SDFs (exact Euclidean distances)
+# ---------------------------------------------------------------------------------------------
+
+
+def sphere_sdf(points: Array, radius: float, center: Sequence[float] = (0.0, 0.0, 0.0)) -> Array:
+    """f(x) = |x - c| - r."""
+    return _length(points - _as_like(center, points)) - radius
+
+
+def torus_sdf(points: Array, major_radius: float, minor_radius: float) -> Array:
+    """Torus around the z axis: f(x) = |(sqrt(x^2 + y^2) - R, z)| - r."""
+    ring_distance = _length(points[..., :2]) - major_radius
+    return _xp(points).sqrt(ring_distance**2 + points[..., 2] ** 2) - minor_radius
+
+
+def capsule_sdf(points: Array, start: Sequence[float], end: Sequence[float], radius: float) -> Array:
+    """Capsule around segment [a, b]: f(x) = |x - a - h (b - a)| - r, h = clamp((x-a).(b-a) / |b-a|^2, 0, 1)."""
+    a = _as_like(start, points)
+    b = _as_like(end, points)
+    ab = b - a
+    h = (((points - a) @ ab) / (ab @ ab)).clip(0.0, 1.0)
+    return _length(points - a - h[..., None] * ab) - radius
+
+
+def rounded_box_sdf(points: Array, half_extents: Sequence[float], corner_radius: float) -> Array:
+    """Axis-aligned box with rounded edges: q = |x| - (e - r); f = |max(q, 0)| + min(max_i q_i, 0) - r."""
+    xp = _xp(points)
+    q = xp.abs(points) - (_as_like(half_extents, points) - corner_radius)
+    outside = _length(q.clip(0.0, None))
+    inside = xp.amax(q, -1).clip(None, 0.0)
+    return outside + inside - corner_radius
+
+
+def smooth_union(distance_a: Array, distance_b: Array, blend: float) -> Array:
+    """Quadratic smooth minimum: min(a, b) - k/4 * max(k - |a - b|, 0)^2 / k^2.
+
+    Its partial derivatives are non-negative and sum to 1, so the union of 1-Lipschitz SDFs stays
+    1-Lipschitz; it is <= min(a, b), so its zero set encloses both inputs.
+    """
+    xp = _xp(distance_a)
+    overlap = (blend - xp.abs(distance_a - distance_b)).clip(0.0, None) / blend
+    return xp.minimum(distance_a, distance_b) - 0.25 * blend * overlap**2
+
+
+def rotation_about_axis(axis: Sequence[float], angle_rad: float) -> Float[np.ndarray, "3 3"]:
+    """Rodrigues: R = I + sin(t) [k]x + (1 - cos(t)) [k]x^2 for the unit axis k."""
+    k = np.asarray(axis, dtype=np.float64)
+    k = k / np.linalg.norm(k)
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + np.sin(angle_rad) * cross + (1.0 - np.cos(angle_rad)) * cross @ cross
+
+
+def _as_like(values, points: Array) -> Array:
+    """A constant vector/matrix in the library, dtype and device of `points`."""
+    if isinstance(points, torch.Tensor):
+        return torch.as_tensor(np.asarray(values), dtype=points.dtype, device=points.device)
+    return np.asarray(values, dtype=points.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A named analytic solid in the unit-sphere space."""
+
+    name: str
+    """Name used on the command line and in scene.json."""
+    sdf_fn: SdfFn
+    """Signed distance [..., 3] -> [...], negative inside, 1-Lipschitz, zero on the surface."""
+    bounding_radius: float
+    """Every surface point lies within this distance of the origin."""
+
+    def sdf(self, points_unit: Array) -> Array:
+        """Signed distance of points [..., 3] (numpy or torch) in the unit-sphere space."""
+        return self.sdf_fn(points_unit)
+
+
+def sphere(radius: float = 0.6) -> Shape:
+    """A centred sphere."""
+    return Shape("sphere", lambda p: sphere_sdf(p, radius), bounding_radius=radius)
+
+
+def torus(major_radius: float = 0.45, minor_radius: float = 0.17) -> Shape:
+    """A torus lying in the xy plane (hole along z)."""
+    return Shape(
+        "torus", lambda p: torus_sdf(p, major_radius, minor_radius), bounding_radius=major_radius + minor_radius
+    )
+
+
+def rounded_box(half_extents: Sequence[float] = (0.45, 0.35, 0.3), corner_radius: float = 0.08) -> Shape:
+    """An axis-aligned box with rounded edges; flat faces and sharp-ish curvature changes."""
+    bounding_radius = float(np.linalg.norm(np.asarray(half_extents) - corner_radius)) + corner_radius
+    return Shape("rounded_box", lambda p: rounded_box_sdf(p, half_extents, corner_radius), bounding_radius)
+
+
+_COMPOSITE_TORUS_ROTATION = rotation_about_axis((1.0, 0.4, 0.0), np.deg2rad(28.0))
+_COMPOSITE_TORUS_CENTER = (0.05, -0.02, -0.08)
+_COMPOSITE_BALL_CENTER = (-0.18, 0.2, 0.22)
+_COMPOSITE_ROD_START = (0.1, -0.28, 0.05)
+_COMPOSITE_ROD_END = (0.36, 0.22, 0.34)
+
+
+def _composite_sdf(points: Array) -> Array:
+    # points in the torus frame: x_torus = R^T (x - c), written row-wise as (x - c) @ R
+    torus_points = (points - _as_like(_COMPOSITE_TORUS_CENTER, points)) @ _as_like(_COMPOSITE_TORUS_ROTATION, points)
+    ring = torus_sdf(torus_points, 0.38, 0.12)
+    ball = sphere_sdf(points, 0.24, _COMPOSITE_BALL_CENTER)
+    rod = capsule_sdf(points, _COMPOSITE_ROD_START, _COMPOSITE_ROD_END, 0.07)
+    return smooth_union(smooth_union(ring, ball, 0.1), rod, 0.06)
+
+
+def composite() -> Shape:
+    """The default test object: a tilted torus, a ball sitting off-axis on it and a slanted rod.
+
+    Non-convex (the torus hole), without any symmetry, clearly not a sphere; all of it lies within
+    0.65 of the origin.
+    """
+    return Shape("composite", _composite_sdf, bounding_radius=0.65)
+
+
+SHAPES: Dict[str, Callable[[], Shape]] = {
+    "composite": composite,
+    "sphere": sphere,
+    "torus": torus,
+    "rounded_box": rounded_box,
+}
+DEFAULT_SHAPE = "composite"
+
+
+def get_shape(name: str) -> Shape:
+    """The shape registered under `name` with its default parameters."""
+    if name not in SHAPES:
+        raise UserInputError(f"Unknown shape '{name}': choose one of {', '.join(sorted(SHAPES))}.")
+    return SHAPES[name]()
+
+
+def scaled(shape: Shape, factor: float) -> Shape:
+    """The shape scaled about the origin: f_s(x) = s f(x / s) (still exact when f is)."""
+    if factor <= 0:
+        raise ValueError(f"scale factor must be positive, got {factor}")
+    return Shape(
+        f"{shape.name}_x{factor:g}",
+        lambda p: factor * shape.sdf_fn(p / factor),
+        bounding_radius=shape.bounding_radius * factor,
+    )
+
+
+def translated(shape: Shape, offset: Sequence[float]) -> Shape:
+    """The shape moved by `offset`: f_t(x) = f(x - t)."""
+    offset_norm = float(np.linalg.norm(offset))
+    return Shape(
+        f"{shape.name}_shifted",
+        lambda p: shape.sdf_fn(p - _as_like(offset, p)),
+        bounding_radius=shape.bounding_radius + offset_norm,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground-truth surface
+# ---------------------------------------------------------------------------------------------
+
+
+def sdf_gradient(shape: Shape, points_unit: Float[np.ndarray, "*batch 3"], eps: float = 1e-6) -> np.ndarray:
+    """Central differences: df/dx_i ~ (f(x + eps e_i) - f(x - eps e_i)) / (2 eps), in float64."""
+    points = np.asarray(points_unit, dtype=np.float64)
+    offsets = np.eye(3) * eps
+    columns = [(shape.sdf(points + offset) - shape.sdf(points - offset)) / (2.0 * eps) for offset in offsets]
+    return np.stack(columns, -1)
+
+
+def project_to_surface(
+    shape: Shape, points_unit: Float[np.ndarray, "*batch 3"], num_steps: int = 3
+) -> Float[np.ndarray, "*batch 3"]:
+    """Newton steps onto the zero set: x <- x - f(x) grad f / |grad f|^2 (one step is exact for a true SDF)."""
+    points = np.asarray(points_unit, dtype=np.float64).copy()
+    for _ in range(num_steps):
+        gradient = sdf_gradient(shape, points)
+        squared_norm = np.maximum((gradient**2).sum(-1, keepdims=True), 1e-12)
+        points -= shape.sdf(points)[..., None] * gradient / squared_norm
+    return points
+
+
+def sdf_grid(
+    shape: Shape, resolution: int, half_extent: float, block: int = 4
+) -> Float[np.ndarray, "resolution resolution resolution"]:
+    """SDF sampled on the grid linspace(-h, h, resolution)^3, exact wherever marching cubes looks.
+
+    A coarse grid (every `block`-th sample) is evaluated first; a fine sample whose nearest coarse
+    value is farther from zero than their distance plus two cells keeps that coarse value. Because the
+    SDF is 1-Lipschitz, its sign is then right and no sign change can involve it, so the extracted
+    surface equals the one from evaluating every sample.
+    """
+    axis = np.linspace(-half_extent, half_extent, resolution)
+    cell = axis[1] - axis[0]
+    nearest_coarse = np.minimum(np.round(np.arange(resolution) / block).astype(int) * block, resolution - 1)
+    coarse_axis = axis[np.unique(nearest_coarse)]
+    coarse_index = np.searchsorted(np.unique(nearest_coarse), nearest_coarse)
+    coarse_points = np.stack(np.meshgrid(coarse_axis, coarse_axis, coarse_axis, indexing="ij"), -1)
+    coarse_values = shape.sdf(coarse_points)
+    values = coarse_values[np.ix_(coarse_index, coarse_index, coarse_index)]
+    band = (block / 2.0 * np.sqrt(3.0) + 2.0) * cell
+    near = np.nonzero(np.abs(values) <= band)
+    near_points = np.stack([axis[near[0]], axis[near[1]], axis[near[2]]], -1)
+    values[near] = shape.sdf(near_points)
+    return values
+
+
+def surface_mesh(shape: Shape, resolution: int = 256, project: bool = True) -> trimesh.Trimesh:
+    """The exact surface as a triangle mesh in the unit-sphere space.
+
+    Marching cubes of the analytic SDF on a `resolution`^3 grid over the shape's bounding cube,
+    then (if `project`) every vertex moved onto the zero set with Newton steps, so vertices lie on
+    the true surface to ~1e-9 and only the flat triangles between them approximate it.
+    """
+    half_extent = shape.bounding_radius * 1.05 + 4.0 * (2.0 * shape.bounding_radius / resolution)
+    values = sdf_grid(shape, resolution, half_extent)
+    cell = 2.0 * half_extent / (resolution - 1)
+    vertices, faces, _, _ = marching_cubes(values, level=0.0, spacing=(cell, cell, cell))
+    vertices = vertices - half_extent
+    if project:
+        vertices = project_to_surface(shape, vertices)
+    # skimage's default winding already gives outward normals for values increasing outwards
+    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
