@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig, ExponentialDecaySchedulerConfig
+from nerfstudio.engine.schedulers import (
+    CosineDecaySchedulerConfig,
+    ExponentialDecaySchedulerConfig,
+    MultiStepSchedulerConfig,
+)
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from neurecon_ns.data.datamanager import SurfaceDataManagerConfig
 from neurecon_ns.data.neus_dataparser import NeusDataParserConfig
-from neurecon_ns.model_components.samplers import NeuSSamplerConfig
+from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
+from neurecon_ns.model_components.samplers import ErrorBoundedSamplerConfig, NeuSSamplerConfig, UnisurfSamplerConfig
 from neurecon_ns.models.neus import NeuSModelConfig
+from neurecon_ns.models.unisurf import UnisurfModelConfig
+from neurecon_ns.models.volsdf import VolSDFModelConfig
 
 
 # used only when --pipeline.model.camera-optimizer.mode is not "off"
@@ -71,4 +78,89 @@ neus_dtu = MethodSpecification(
         },
     ),
     description="NeuS (Wang et al. 2021), paper settings for object captures with masks (DTU)",
+)
+
+
+unisurf_dtu = MethodSpecification(
+    config=_trainer(
+        "unisurf-dtu",
+        max_steps=450000,
+        pipeline=VanillaPipelineConfig(
+            datamanager=SurfaceDataManagerConfig(
+                dataparser=NeusDataParserConfig(),
+                train_num_rays_per_batch=1024,
+                eval_num_rays_per_batch=1024,
+            ),
+            model=UnisurfModelConfig(
+                networks=SurfaceFieldConfig(geometry=GeometryNetworkConfig(inside_out=True)),
+                sampler=UnisurfSamplerConfig(
+                    num_search_steps=256,
+                    num_secant_steps=8,
+                    num_interval=64,
+                    num_free_space=32,
+                    interval_max=1.0,
+                    interval_min=0.05,
+                    interval_decay=1.5e-5,
+                ),
+                logit_scale=10.0,
+                eikonal_loss_weight=0.0,
+                mask_loss_weight=0.0,
+                normal_smoothness_loss_weight=0.005,
+                normal_perturbation=0.01,
+                background_color="black",
+                eval_num_rays_per_chunk=1024,
+            ),
+        ),
+        optimizers={
+            "fields": {
+                "optimizer": AdamOptimizerConfig(lr=1e-4),
+                "scheduler": MultiStepSchedulerConfig(max_steps=450000, gamma=0.5, milestones=(200000, 400000)),
+            },
+            "camera_opt": CAMERA_OPTIMIZER,
+        },
+    ),
+    description="UNISURF (Oechsle et al. 2021), paper settings for DTU (no masks)",
+)
+
+
+volsdf_dtu = MethodSpecification(
+    config=_trainer(
+        "volsdf-dtu",
+        max_steps=100000,
+        pipeline=VanillaPipelineConfig(
+            datamanager=SurfaceDataManagerConfig(
+                dataparser=NeusDataParserConfig(),
+                train_num_rays_per_batch=1024,
+                eval_num_rays_per_batch=1024,
+            ),
+            model=VolSDFModelConfig(
+                sampler=ErrorBoundedSamplerConfig(
+                    num_initial_samples=128,
+                    num_samples_per_iteration=128,
+                    max_iterations=5,
+                    eps=0.1,
+                    num_bisection_steps=10,
+                    num_final_samples=64,
+                    num_coarse_kept=32,
+                ),
+                init_beta=0.1,
+                beta_min=1e-4,
+                scene_sphere_background=True,
+                scene_sphere_radius=3.0,
+                eikonal_loss_weight=0.1,
+                num_eikonal_uniform_points=1024,
+                mask_loss_weight=0.0,
+                background_color="black",
+                eval_num_rays_per_chunk=1024,
+            ),
+        ),
+        optimizers={
+            "fields": {
+                "optimizer": AdamOptimizerConfig(lr=5e-4),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-5, max_steps=100000),
+            },
+            "camera_opt": CAMERA_OPTIMIZER,
+        },
+    ),
+    description="VolSDF (Yariv et al. 2021), paper settings for DTU (scene sphere as background, no masks)",
 )

@@ -15,7 +15,7 @@ from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -27,6 +27,7 @@ from nerfstudio.utils import colormaps
 
 from neurecon_ns.fields.sdf_field import SurfaceFieldConfig
 from neurecon_ns.model_components.colliders import UnitSphereCollider
+from neurecon_ns.model_components.root_finding import find_first_root, sphere_trace
 
 
 @dataclass
@@ -55,6 +56,18 @@ class SurfaceModelConfig(ModelConfig):
     """Points drawn uniformly in the ball of `sphere_radius` per batch, added to the eikonal loss (VolSDF)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """nerfstudio's camera pose refinement (off by default)."""
+    render_mode: Literal["volume", "surface"] = "volume"
+    """Rendering outside training (viewer, ns-render, evaluation): "volume" composites samples as in
+    training; "surface" shades only the first surface point of each ray (sphere tracing for SDFs,
+    root finding for UNISURF)."""
+    sphere_tracing_steps: int = 64
+    """Surface mode: sphere-tracing steps before an unresolved ray falls back to the root search."""
+    surface_tolerance: float = 1e-4
+    """Surface mode: sphere tracing stops where |SDF| is below this."""
+    root_search_steps: int = 256
+    """Surface mode: evenly spaced steps of the root search along a ray."""
+    root_secant_steps: int = 8
+    """Surface mode: secant refinements of the root search."""
 
 
 class SurfaceModel(Model):
@@ -108,6 +121,8 @@ class SurfaceModel(Model):
         return torch.full((num_rays, 3), value, device=ray_bundle.origins.device)
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        if not self.training and self.config.render_mode == "surface":
+            return self.get_surface_outputs(ray_bundle)
         if self.training:
             self.camera_optimizer.apply_to_raybundle(ray_bundle)
         ray_samples = self.sample_along_rays(ray_bundle)
@@ -144,6 +159,55 @@ class SurfaceModel(Model):
     ) -> Dict[str, Tensor]:
         """Per-ray outputs a paper adds (they appear in the viewer and in `ns-render`)."""
         return {}
+
+    # -- surface rendering -----------------------------------------------------------------------
+
+    def find_surface(self, ray_bundle: RayBundle) -> Tuple[Float[Tensor, "num_rays 1"], Bool[Tensor, "num_rays 1"]]:
+        """First surface point along each ray, `(t, hit)`: sphere tracing of the SDF, and the dense
+        root search for the rays it leaves unresolved (neither converged nor past `far`)."""
+        config = self.config
+        origins, directions = ray_bundle.origins, ray_bundle.directions
+        nears, fars = ray_bundle.nears, ray_bundle.fars
+        assert nears is not None and fars is not None
+        t, hit = sphere_trace(
+            self.level_set, origins, directions, nears, fars, config.sphere_tracing_steps, config.surface_tolerance
+        )
+        unresolved = (~hit & (t <= fars))[:, 0]
+        if unresolved.any():
+            t[unresolved], hit[unresolved] = find_first_root(
+                self.level_set,
+                origins[unresolved],
+                directions[unresolved],
+                nears[unresolved],
+                fars[unresolved],
+                config.root_search_steps,
+                config.root_secant_steps,
+            )
+        return t, hit
+
+    def surface_normals(self, gradient: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
+        """Unit outward normals from the gradient of the field's level value (an SDF grows outward)."""
+        return F.normalize(gradient, dim=-1)
+
+    def get_surface_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """Surface rendering: colour, normal and depth of the first surface point of each ray.
+
+        Accumulation is 1 where a ray hits and 0 elsewhere; rays that miss show the background
+        colour, zero normal and the far bound as depth.
+        """
+        t_hit, hit = self.find_surface(ray_bundle)
+        points = ray_bundle.origins + ray_bundle.directions * t_hit
+        _, features, gradient = self.field.get_level_value_and_gradient(points)
+        surface_rgb = self.field.get_colors(points, ray_bundle.directions, gradient, features)
+        accumulation = hit.to(points.dtype)
+        normal = self.surface_normals(gradient) * accumulation
+        assert ray_bundle.fars is not None
+        return {
+            "rgb": torch.where(hit, surface_rgb, self.background_rgb(ray_bundle)),
+            "accumulation": accumulation,
+            "depth": torch.where(hit, t_hit, ray_bundle.fars),
+            "normal": (normal + 1.0) / 2.0,
+        }
 
     def uniform_points_in_sphere(self, num_points: int) -> Float[Tensor, "num_points 3"]:
         directions = F.normalize(torch.randn(num_points, 3, device=self.device), dim=-1)

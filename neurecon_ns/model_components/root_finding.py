@@ -1,0 +1,141 @@
+"""Where a ray first enters the surface: dense search with secant refinement, and sphere tracing.
+
+Both take a level function `f(points) -> values`, positive outside, negative inside and zero on
+the surface (`SurfaceModel.level_set`: the SDF of NeuS and VolSDF, the negated occupancy logit of
+UNISURF), evaluate it without its gradient, and work on rays `o + t d` with per-ray bounds
+`[t_near, t_far]` of shape `[num_rays, 1]`.
+
+- `find_first_root`: UNISURF sec. 3.3. `f` is evaluated at evenly spaced steps, the first step
+  pair that goes from outside to inside brackets the surface, and the secant method refines it.
+  It needs no distance property, so it serves occupancy fields (and SDFs).
+- `sphere_trace`: `t <- t + f(o + t d)` (Hart 1996), which cannot step through the surface while
+  `f` underestimates the distance to it; fast for SDFs, meaningless for an occupancy logit.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+LevelFunction = Callable[[Float[Tensor, "*bs 3"]], Float[Tensor, "*bs"]]
+
+
+def first_entry(
+    values: Float[Tensor, "num_rays num_steps"],
+) -> Tuple[Int[Tensor, " num_rays"], Bool[Tensor, " num_rays"]]:
+    """Index `i` of the first step pair with `f_i > 0 >= f_{i+1}` (outside, then inside) per ray.
+
+    Rays with no such pair are flagged `False` in the second tensor (their index is 0).
+    """
+    entering = (values[:, :-1] > 0) & (values[:, 1:] <= 0)
+    # argmax returns the first of equal maxima
+    return torch.argmax(entering.to(torch.uint8), dim=-1), entering.any(dim=-1)
+
+
+def secant_step(t_outside: Tensor, t_inside: Tensor, value_outside: Tensor, value_inside: Tensor) -> Tensor:
+    """Zero of the line through `(t_out, f_out)` and `(t_in, f_in)`: `t_out - f_out (t_in - t_out) / (f_in - f_out)`."""
+    slope_denominator = value_inside - value_outside
+    slope_denominator = torch.where(
+        slope_denominator.abs() < 1e-12, torch.full_like(slope_denominator, -1e-12), slope_denominator
+    )
+    return t_outside - value_outside * (t_inside - t_outside) / slope_denominator
+
+
+def secant_refine(
+    level_fn: LevelFunction,
+    origins: Float[Tensor, "num_rays 3"],
+    directions: Float[Tensor, "num_rays 3"],
+    t_outside: Float[Tensor, "num_rays 1"],
+    t_inside: Float[Tensor, "num_rays 1"],
+    value_outside: Float[Tensor, "num_rays 1"],
+    value_inside: Float[Tensor, "num_rays 1"],
+    num_steps: int,
+) -> Float[Tensor, "num_rays 1"]:
+    """Secant method on a bracket `f(t_out) > 0 >= f(t_in)`, keeping the bracket (regula falsi).
+
+    Each step evaluates `f` at the secant estimate and replaces the end of the same sign, so the
+    estimate never leaves `[t_out, t_in]`; the returned `t` is the last estimate.
+    """
+    t_root = secant_step(t_outside, t_inside, value_outside, value_inside)
+    for _ in range(num_steps):
+        value_root = level_fn(origins + t_root * directions)[..., None]
+        outside = value_root > 0
+        t_outside = torch.where(outside, t_root, t_outside)
+        value_outside = torch.where(outside, value_root, value_outside)
+        t_inside = torch.where(outside, t_inside, t_root)
+        value_inside = torch.where(outside, value_inside, value_root)
+        t_root = secant_step(t_outside, t_inside, value_outside, value_inside)
+    return t_root
+
+
+@torch.no_grad()
+def find_first_root(
+    level_fn: LevelFunction,
+    origins: Float[Tensor, "num_rays 3"],
+    directions: Float[Tensor, "num_rays 3"],
+    t_near: Float[Tensor, "num_rays 1"],
+    t_far: Float[Tensor, "num_rays 1"],
+    num_steps: int,
+    num_secant_steps: int,
+) -> Tuple[Float[Tensor, "num_rays 1"], Bool[Tensor, "num_rays 1"]]:
+    """UNISURF's surface search: the first `t` in `[t_near, t_far]` where `f` goes from positive to non-positive.
+
+    `f` is evaluated at `num_steps` evenly spaced `t_j = t_near + j (t_far - t_near) / (num_steps - 1)`;
+    the first pair `f(t_j) > 0 >= f(t_{j+1})` is refined by `num_secant_steps` secant steps. A
+    surface thinner than a step along the ray can be missed. Returns `t_root` (`t_far` where
+    nothing was found) and `hit`.
+    """
+    fractions = torch.linspace(0.0, 1.0, num_steps, device=origins.device)
+    t_steps = t_near + (t_far - t_near) * fractions  # [num_rays, num_steps]
+    values = level_fn(origins[:, None, :] + t_steps[..., None] * directions[:, None, :])
+    index, hit = first_entry(values)
+    index = index[:, None]
+    t_root = secant_refine(
+        level_fn,
+        origins,
+        directions,
+        t_steps.gather(-1, index),
+        t_steps.gather(-1, index + 1),
+        values.gather(-1, index),
+        values.gather(-1, index + 1),
+        num_secant_steps,
+    )
+    hit = hit[:, None]
+    return torch.where(hit, t_root, t_far), hit
+
+
+@torch.no_grad()
+def sphere_trace(
+    level_fn: LevelFunction,
+    origins: Float[Tensor, "num_rays 3"],
+    directions: Float[Tensor, "num_rays 3"],
+    t_near: Float[Tensor, "num_rays 1"],
+    t_far: Float[Tensor, "num_rays 1"],
+    num_steps: int,
+    tolerance: float,
+) -> Tuple[Float[Tensor, "num_rays 1"], Bool[Tensor, "num_rays 1"]]:
+    """Sphere tracing from `t_near`: `t_{k+1} = t_k + f(o + t_k d)` until `|f| < tolerance`.
+
+    For unit `d` and an `f` that is at most the distance to the surface, no step crosses it. A
+    slight overshoot of a learned SDF gives `f < 0` and the signed step walks back. Only rays still
+    inside `[t_near, t_far]` are evaluated. Returns `t` and `converged`; a ray that is neither
+    converged nor past `t_far` after `num_steps` (grazing rays, rays starting inside, a field that is
+    not a distance) is left for the caller to resolve, e.g. with `find_first_root`.
+    """
+    t = t_near.clone()
+    converged = torch.zeros_like(t, dtype=torch.bool)
+    active = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+    for _ in range(num_steps):
+        rays = active.nonzero()[:, 0]
+        if rays.numel() == 0:
+            break
+        value = level_fn(origins[rays] + t[rays] * directions[rays])[..., None]
+        done = value.abs() < tolerance
+        converged[rays] = done
+        t[rays] = torch.where(done, t[rays], t[rays] + value)
+        left_bounds = (t[rays] > t_far[rays]) | (t[rays] < t_near[rays])
+        active[rays] = ~(done | left_bounds)[:, 0]
+    return t, converged

@@ -1,0 +1,164 @@
+"""VolSDF: Volume Rendering of Neural Implicit Surfaces (Yariv et al., NeurIPS 2021).
+
+What VolSDF adds to the shared surface model:
+- density from the SDF, `sigma(x) = alpha * Psi_beta(-d(x))`, the CDF of a zero-mean Laplace
+  distribution with a learned scale `beta` and `alpha = 1 / beta` (sec. 3.1, eq. 2-3);
+- the error-bounded sampler of sec. 3.3 and Algorithm 1 (`ErrorBoundedSampler`);
+- for object captures, the scene's bounding sphere as a second surface, `d = min(d, R - |x|)`, so
+  that every ray ends on something opaque (the paper's DTU setting; sec. 4 / supplementary);
+- the eikonal loss on the ray samples plus points drawn uniformly in the bounding volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Type
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from neurecon_ns.errors import UserInputError
+from neurecon_ns.model_components.colliders import UnitSphereCollider
+from neurecon_ns.model_components.samplers import ErrorBoundedSamplerConfig
+from neurecon_ns.model_components.sdf_to_density import alpha_from_density, volsdf_density
+from neurecon_ns.models.surface_model import SurfaceModel, SurfaceModelConfig
+
+
+class LaplaceDensity(nn.Module):
+    """VolSDF's density `sigma = (1 / beta) * Psi_beta(-d)` with `beta = |beta_param| + beta_min` (always positive)."""
+
+    def __init__(self, init_beta: float, beta_min: float) -> None:
+        super().__init__()
+        self.beta_min = beta_min
+        self.beta_param = nn.Parameter(torch.tensor(init_beta - beta_min))
+
+    def beta(self) -> Tensor:
+        return self.beta_param.abs() + self.beta_min
+
+    def forward(self, sdf: Tensor) -> Tensor:
+        return volsdf_density(sdf, self.beta())
+
+
+def sphere_exit_distance(
+    origins: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"], radius: float
+) -> Float[Tensor, "*bs 1"]:
+    """Largest `t` with `|o + t v| = radius` (the far root; rays that miss the sphere get their closest approach)."""
+    dir_dot_dir = (directions * directions).sum(-1, keepdim=True)
+    origin_dot_dir = (origins * directions).sum(-1, keepdim=True)
+    origin_dot_origin = (origins * origins).sum(-1, keepdim=True)
+    discriminant = origin_dot_dir**2 - dir_dot_dir * (origin_dot_origin - radius**2)
+    return (-origin_dot_dir + discriminant.clamp(min=0.0).sqrt()) / dir_dot_dir
+
+
+class SceneSphereCollider(UnitSphereCollider):
+    """Rays start where the object's sphere begins (as NeuS's do) and end where they leave the scene sphere.
+
+    The whole segment lies inside the scene sphere (radius `scene_radius` > `radius`), so the
+    background surface `R - |x| = 0` is met only at its far end, wherever the camera is.
+    """
+
+    def __init__(self, radius: float, scene_radius: float, near_plane: float = 0.0, **kwargs) -> None:
+        super().__init__(radius=radius, near_plane=near_plane, **kwargs)
+        self.scene_radius = scene_radius
+
+    def set_nears_and_fars(self, ray_bundle: RayBundle) -> RayBundle:
+        ray_bundle = super().set_nears_and_fars(ray_bundle)
+        assert ray_bundle.nears is not None
+        exit_distance = sphere_exit_distance(ray_bundle.origins, ray_bundle.directions, self.scene_radius)
+        ray_bundle.fars = torch.maximum(exit_distance, ray_bundle.nears + 1e-4)
+        return ray_bundle
+
+
+@dataclass
+class VolSDFModelConfig(SurfaceModelConfig):
+    """VolSDF: SDF field, Laplace-CDF density, error-bounded sampling, scene sphere as background."""
+
+    _target: Type = field(default_factory=lambda: VolSDFModel)
+    sampler: ErrorBoundedSamplerConfig = field(default_factory=ErrorBoundedSamplerConfig)
+    """Error-bounded sampling settings (Algorithm 1)."""
+    init_beta: float = 0.1
+    """Initial scale `beta` of the Laplace density (the authors' 0.1)."""
+    beta_min: float = 1e-4
+    """Floor of `beta`: `beta = |beta_param| + beta_min`."""
+    scene_sphere_background: bool = True
+    """Use the scene sphere as a background surface, `d = min(d, R - |x|)`: every ray ends on it and the
+    last section is opaque (VolSDF's setting for object captures such as DTU). Rays are then traced
+    from the object's sphere to the scene sphere, and the `accumulation` output (the one the mask loss
+    reads) is the opacity inside the object's sphere only."""
+    scene_sphere_radius: float = 3.0
+    """Radius `R` of the scene sphere, in the training space (the object lies in the unit sphere; 3.0 as the authors use for DTU)."""
+    num_eikonal_uniform_points: int = 1024
+    """Points drawn uniformly in the object's sphere for the eikonal loss, besides the ray samples: one per
+    ray of the paper's 1024-ray batch, as the authors do. They reach space the rays' samples miss (inside
+    the object, occluded parts) at about 1% of the samples' gradient cost."""
+
+
+class VolSDFModel(SurfaceModel):
+    config: VolSDFModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        self.sampler = self.config.sampler.setup()
+        self.density = LaplaceDensity(self.config.init_beta, self.config.beta_min)
+        if self.config.scene_sphere_background:
+            if self.config.scene_sphere_radius <= self.config.sphere_radius:
+                raise UserInputError(
+                    f"scene_sphere_radius ({self.config.scene_sphere_radius}) must exceed sphere_radius "
+                    f"({self.config.sphere_radius}); set --pipeline.model.scene-sphere-radius larger."
+                )
+            self.collider = SceneSphereCollider(
+                radius=self.config.sphere_radius,
+                scene_radius=self.config.scene_sphere_radius,
+                near_plane=self.config.near_plane,
+            )
+
+    def extra_field_parameters(self) -> List[Parameter]:
+        return list(self.density.parameters())
+
+    def scene_sdf(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs"]:
+        """The SDF the density is computed from: the field's, and the scene sphere's if it is on."""
+        return self.with_scene_sphere(self.level_set(points), points)
+
+    def with_scene_sphere(self, sdf: Tensor, points: Float[Tensor, "*bs 3"]) -> Tensor:
+        """`min(d, R - |x|)` when the scene sphere is the background, else `d` (`sdf` is `[*bs]` or `[*bs, 1]`)."""
+        if not self.config.scene_sphere_background:
+            return sdf
+        sphere_sdf = self.config.scene_sphere_radius - points.norm(dim=-1)
+        return torch.minimum(sdf, sphere_sdf.reshape(sdf.shape))
+
+    def sample_along_rays(self, ray_bundle: RayBundle) -> RaySamples:
+        return self.sampler(ray_bundle, self.scene_sdf, self.density.beta().detach())
+
+    def get_alphas(self, ray_samples: RaySamples, field_outputs: Dict[str, Tensor]) -> Tensor:
+        """`alpha_i = 1 - exp(-sigma(x_i) delta_i)` with the density at each section's mid point."""
+        points = ray_samples.frustums.get_positions()
+        sdf = self.with_scene_sphere(field_outputs["level"], points)
+        deltas = ray_samples.frustums.ends - ray_samples.frustums.starts
+        alphas = alpha_from_density(self.density(sdf), deltas)
+        if self.config.scene_sphere_background:
+            # the last section starts on the scene sphere, which is opaque (the authors give it infinite length)
+            alphas = torch.cat([alphas[..., :-1, :], torch.ones_like(alphas[..., -1:, :])], dim=-2)
+        return alphas
+
+    def extra_outputs(
+        self, ray_bundle: RayBundle, ray_samples: RaySamples, field_outputs: Dict[str, Tensor], weights: Tensor
+    ) -> Dict[str, Tensor]:
+        outputs: Dict[str, Tensor] = {}
+        if self.config.scene_sphere_background:
+            inside = ray_samples.frustums.get_positions().norm(dim=-1, keepdim=True) < self.config.sphere_radius
+            outputs["accumulation"] = (weights * inside).sum(dim=-2)
+        if not self.training:
+            metadata = ray_samples.metadata or {}
+            num_rays = weights.shape[0]
+            outputs["sampler_iterations"] = metadata["sampler_iterations"][:, 0, :]
+            outputs["beta_plus"] = metadata["beta_plus"][:, 0, :]
+            outputs["beta"] = self.density.beta().detach().expand(num_rays, 1)
+        return outputs
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        metrics_dict = super().get_metrics_dict(outputs, batch)
+        metrics_dict["beta"] = self.density.beta().detach()
+        return metrics_dict
