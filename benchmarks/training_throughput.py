@@ -1,0 +1,113 @@
+"""Training throughput of each method at its default size, against this machine's matmul peak.
+
+For every method: nerfstudio's own `Trainer.train_iteration` (forward, losses, backward, optimiser) on a
+synthetic scene, timed over `--steps` iterations after `--warmup`. FLOPs of one iteration are counted by
+`torch.utils.flop_counter.FlopCounterMode` (every matmul of the forward pass, the SDF-gradient graph,
+the backward pass and the samplers' no-grad queries), and set against the peak of a large fp32 matmul
+measured in the same run on the same device. Prints one table; `docs/benchmarks.md` keeps results.
+
+    python benchmarks/training_throughput.py                       # all methods, CPU
+    python benchmarks/training_throughput.py --methods neus-dtu --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from neurecon_ns.data.synthetic import write_scene
+from neurecon_ns.training import method_config
+
+DEFAULT_METHODS = ("neus-dtu", "volsdf-dtu", "unisurf-dtu", "neus-nerfpp", "volsdf-nerfpp", "neus-fast")
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of `size x size` fp32 matmuls (the best of `repeats`)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2.0 * size**3 / best
+
+
+def build_trainer(method: str, scene: Path, output_dir: Path, device: str):
+    config = method_config(method)
+    config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
+    config.vis = "tensorboard"
+    config.logging.local_writer.enable = False
+    config.output_dir = output_dir
+    config.data = scene
+    config.pipeline.datamanager.data = scene
+    config.set_timestamp()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer, config
+
+
+def run_iteration(trainer, step: int) -> None:
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location="before_train_iteration")
+    trainer.train_iteration(step)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location="after_train_iteration")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    from nerfstudio.configs.method_configs import all_methods
+
+    work = Path(tempfile.mkdtemp(prefix="neurecon_bench_"))
+    scene = work / "scene"
+    write_scene(scene, num_views=16, width=128, height=128, mesh_resolution=64)
+    peak = matmul_peak(args.device)
+    print(f"device: {args.device}, threads: {torch.get_num_threads()}, fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'method':<16}{'rays/step':>10}{'s/step':>10}{'rays/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>10}{'of peak':>9}")
+    for method in args.methods:
+        if method not in all_methods:
+            print(f"{method:<16} not registered, skipped")
+            continue
+        trainer, config = build_trainer(method, scene, work / "outputs", args.device)
+        rays = config.pipeline.datamanager.train_num_rays_per_batch
+        for step in range(args.warmup):
+            run_iteration(trainer, step)
+        with FlopCounterMode(display=False) as counter:
+            run_iteration(trainer, args.warmup)
+        flops = counter.get_total_flops()
+        sync(args.device)
+        started = time.perf_counter()
+        for step in range(args.warmup + 1, args.warmup + 1 + args.steps):
+            run_iteration(trainer, step)
+        sync(args.device)
+        seconds = (time.perf_counter() - started) / args.steps
+        achieved = flops / seconds
+        print(
+            f"{method:<16}{rays:>10}{seconds:>10.3f}{rays / seconds:>10.0f}{flops / 1e9:>12.1f}"
+            f"{achieved / 1e9:>10.1f}{achieved / peak:>9.1%}"
+        )
+        del trainer
+
+
+if __name__ == "__main__":
+    main()
