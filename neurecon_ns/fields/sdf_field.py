@@ -15,10 +15,11 @@ from typing import Dict, Literal, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
+from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from nerfstudio.configs.base_config import InstantiateConfig
+from neurecon_ns.fields.hash_encoding import HashGridConfig, ProgressiveHashEncoding
 
 
 class PositionalEncoding(nn.Module):
@@ -55,8 +56,12 @@ class GeometryNetworkConfig(InstantiateConfig):
     """Width of the hidden layers."""
     skip_layers: Tuple[int, ...] = (4,)
     """Hidden layers whose input is concatenated with the encoded point (DeepSDF skip)."""
+    encoding: Literal["frequency", "hash"] = "frequency"
+    """Input encoding: NeRF's frequency encoding (NeuS, IDR) or a multi-resolution hash grid (fast preset)."""
     num_frequencies: int = 6
     """Frequencies of the positional encoding of the point (0 disables it)."""
+    hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
+    """The hash grid, when `encoding` is "hash"."""
     feature_dim: int = 256
     """Size of the feature vector passed to the radiance network."""
     softplus_beta: float = 100.0
@@ -71,6 +76,13 @@ class GeometryNetworkConfig(InstantiateConfig):
     """Weight normalisation of every linear layer."""
     input_scale: float = 1.0
     """Points are multiplied by this before encoding; the output SDF is divided by it."""
+    siren_first_omega: float = 30.0
+    """SIREN only (`geometry_type="siren"`): frequency factor `omega_0` of the first sine layer."""
+    siren_hidden_omega: float = 30.0
+    """SIREN only: frequency factor of the hidden sine layers."""
+    siren_pretrain_steps: int = 0
+    """SIREN only: Adam steps fitting the network to the SDF of a sphere of `init_radius` when it is
+    built (its counterpart of `geometric_init`); 0 keeps SIREN's own random initialisation."""
 
 
 class GeometryNetwork(nn.Module):
@@ -81,7 +93,10 @@ class GeometryNetwork(nn.Module):
     def __init__(self, config: GeometryNetworkConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoding = PositionalEncoding(3, config.num_frequencies)
+        if config.encoding == "hash":
+            self.encoding = ProgressiveHashEncoding(config.hash_grid)
+        else:
+            self.encoding = PositionalEncoding(3, config.num_frequencies)
         encoded_dim = self.encoding.get_out_dim()
         out_dim = 1 + config.feature_dim
         self.activation = nn.Softplus(beta=config.softplus_beta)
@@ -115,12 +130,17 @@ class GeometryNetwork(nn.Module):
             return
         nn.init.normal_(linear.weight, 0.0, math.sqrt(2) / math.sqrt(out_dim))
         nn.init.constant_(linear.bias, 0.0)
-        if config.num_frequencies > 0:
-            # the frequency channels start switched off, so the initial function is smooth
+        if encoded_dim > 3:
+            # the encoding's channels beyond x start switched off, so the initial function is smooth
             if index == 0:
                 nn.init.constant_(linear.weight[:, 3:], 0.0)
             elif index in config.skip_layers:
                 nn.init.constant_(linear.weight[:, -(encoded_dim - 3) :], 0.0)
+
+    def update_to_step(self, step: int) -> None:
+        """Per-step schedule of the encoding (the hash grid's progressive levels)."""
+        if isinstance(self.encoding, ProgressiveHashEncoding):
+            self.encoding.update_to_step(step)
 
     def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         """Returns `[level_value, feature...]` per point."""
@@ -203,6 +223,13 @@ class SurfaceFieldConfig(InstantiateConfig):
     """The colour network."""
     geometry_type: Literal["mlp", "siren"] = "mlp"
     """Kind of geometry network (SIREN: periodic activations)."""
+    gradient: Literal["analytic", "numerical"] = "analytic"
+    """How the level set's gradient (normals, eikonal loss) is computed: by autograd, which the eikonal
+    loss then differentiates a second time, or by central differences (6 more evaluations, no second
+    derivative: what hash grids need, since tiny-cuda-nn has no second derivatives)."""
+    numerical_gradient_step: float = 0.0
+    """Central-difference step in training-space units; 0 ties it to the finest active hash level's cell
+    (shrinking as levels switch on), or 1e-3 without a hash grid."""
 
 
 class SurfaceField(nn.Module):
@@ -236,10 +263,24 @@ class SurfaceField(nn.Module):
         """The level-set value alone (SDF or occupancy logit)."""
         return self.geometry_network(points)[..., :1]
 
+    def update_to_step(self, step: int) -> None:
+        """Per-step schedules of the networks (the hash grid's progressive levels)."""
+        update = getattr(self.geometry_network, "update_to_step", None)
+        if update is not None:
+            update(step)
+
+    def numerical_gradient_step(self) -> float:
+        if self.config.numerical_gradient_step > 0:
+            return self.config.numerical_gradient_step
+        encoding = getattr(self.geometry_network, "encoding", None)
+        if isinstance(encoding, ProgressiveHashEncoding):
+            return encoding.finest_active_cell()
+        return 1e-3
+
     def get_level_value_and_gradient(
         self, points: Float[Tensor, "*bs 3"], create_graph: Optional[bool] = None
     ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
-        """Level value, feature and the analytic gradient d(level)/dx.
+        """Level value, feature and the gradient d(level)/dx (analytic or numerical, see the config).
 
         The gradient is computed under `enable_grad` so that normals also come out of the
         `no_grad` rendering paths of nerfstudio (viewer, ns-render); the graph is kept only while
@@ -247,6 +288,8 @@ class SurfaceField(nn.Module):
         """
         if create_graph is None:
             create_graph = self.training and torch.is_grad_enabled()
+        if self.config.gradient == "numerical":
+            return self._level_value_and_numerical_gradient(points, keep_graph=create_graph)
         with torch.enable_grad():
             if not points.requires_grad:
                 points = points.detach().requires_grad_(True)
@@ -262,6 +305,24 @@ class SurfaceField(nn.Module):
         if not create_graph:
             output, level_value, gradient = output.detach(), level_value.detach(), gradient.detach()
         return level_value, output[..., 1:], gradient
+
+    def _level_value_and_numerical_gradient(
+        self, points: Float[Tensor, "*bs 3"], keep_graph: bool
+    ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
+        """Central differences `df/dx_i = (f(x + h e_i) - f(x - h e_i)) / 2h`, all 7 points in one batch.
+
+        The differences stay differentiable in the network's parameters, so the eikonal loss trains
+        through them without a second derivative.
+        """
+        step = self.numerical_gradient_step()
+        offsets = torch.cat([torch.eye(3), -torch.eye(3)]).to(points) * step  # [6, 3]
+        shifted = points[..., None, :] + offsets  # [..., 6, 3]
+        with torch.set_grad_enabled(keep_graph):
+            output = self.geometry_network(torch.cat([points[..., None, :], shifted], dim=-2))
+        level_value, features = output[..., 0, :1], output[..., 0, 1:]
+        shifted_values = output[..., 1:, 0]
+        gradient = (shifted_values[..., :3] - shifted_values[..., 3:]) / (2.0 * step)
+        return level_value, features, gradient
 
     def get_colors(
         self,

@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Type
 
 import torch
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from torch import Tensor, nn
 from torch.nn import Parameter
-
-from nerfstudio.cameras.rays import RayBundle, RaySamples
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 
 from neurecon_ns.model_components.samplers import NeuSSamplerConfig
 from neurecon_ns.model_components.sdf_to_density import neus_alpha, neus_section_sdfs
@@ -61,17 +59,9 @@ class NeuSModel(SurfaceModel):
         return list(self.variance.parameters())
 
     def update_to_step(self, step: int) -> None:
+        super().update_to_step(step)
         end = self.config.cos_anneal_end
         self.cos_anneal_ratio = 1.0 if end <= 0 else min(1.0, step / end)
-
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        return [
-            TrainingCallback(
-                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
-                update_every_num_iters=1,
-                func=self.update_to_step,
-            )
-        ]
 
     def sample_along_rays(self, ray_bundle: RayBundle) -> RaySamples:
         return self.sampler(ray_bundle, self.level_set)

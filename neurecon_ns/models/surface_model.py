@@ -16,18 +16,32 @@ from typing import Dict, List, Literal, Optional, Tuple, Type
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
-from torch import Tensor
-from torch.nn import Parameter
-
 from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
 from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.model_components.renderers import DepthRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
+from nerfstudio.viewer.viewer_elements import ViewerDropdown
+from torch import Tensor
+from torch.nn import Parameter
 
+from neurecon_ns.errors import UserInputError
+from neurecon_ns.fields.background import BackgroundFieldConfig
 from neurecon_ns.fields.sdf_field import SurfaceFieldConfig
+from neurecon_ns.model_components.background import (
+    SphereChordCollider,
+    background_alphas,
+    composite_behind,
+    sample_background,
+    weights_from_alphas,
+)
 from neurecon_ns.model_components.colliders import UnitSphereCollider
+from neurecon_ns.model_components.occupancy_grid import SurfaceOccupancyGrid
 from neurecon_ns.model_components.root_finding import find_first_root, sphere_trace
+
+RENDER_MODES = ("volume", "surface")
+"""What `render_mode` may be."""
 
 
 @dataclass
@@ -45,7 +59,15 @@ class SurfaceModelConfig(ModelConfig):
     near_plane: float = 0.0
     """Rays start at least this far from the camera."""
     background_color: Literal["black", "white", "random"] = "black"
-    """Colour behind the surface where nothing is hit ("random" only while training)."""
+    """Colour behind the surface where nothing is hit ("random" only while training), without a background model."""
+    background_model: Literal["none", "nerfpp"] = "none"
+    """What lies beyond the sphere: "none", the constant `background_color` (object captures with masks or a
+    plain backdrop); "nerfpp", NeRF++'s inverted-sphere network, composited behind the surface (captures
+    without masks). With "nerfpp" the foreground rays end on the sphere's far side."""
+    background_network: BackgroundFieldConfig = field(default_factory=BackgroundFieldConfig)
+    """The NeRF++ background network (used when `background_model` is "nerfpp")."""
+    num_background_samples: int = 32
+    """Samples per ray beyond the sphere, uniform in inverse distance, the last one at infinity (NeuS: 32)."""
     eikonal_loss_weight: float = 0.1
     """Weight of the eikonal regulariser `(|grad f| - 1)^2` (IGR)."""
     mask_loss_weight: float = 0.0
@@ -56,10 +78,20 @@ class SurfaceModelConfig(ModelConfig):
     """Points drawn uniformly in the ball of `sphere_radius` per batch, added to the eikonal loss (VolSDF)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """nerfstudio's camera pose refinement (off by default)."""
+    occupancy_grid: bool = False
+    """Empty-space skipping: shrink each ray's segment to the cells of a coarse grid the SDF's zero set may
+    pass through (SDF methods whose rays end at the object's sphere)."""
+    occupancy_grid_resolution: int = 64
+    """Cells per axis of that grid over the object's sphere's bounding cube."""
+    occupancy_grid_margin: float = 1.5
+    """A cell is occupied when |SDF| at its centre is at most this many half diagonals."""
+    occupancy_grid_update_every: int = 16
+    """Training steps between two refreshes of the grid from the SDF."""
     render_mode: Literal["volume", "surface"] = "volume"
     """Rendering outside training (viewer, ns-render, evaluation): "volume" composites samples as in
     training; "surface" shades only the first surface point of each ray (sphere tracing for SDFs,
-    root finding for UNISURF)."""
+    root finding for UNISURF). The viewer switches it with its "Render mode" dropdown; for ns-render,
+    edit `render_mode` in the run's config.yml."""
     sphere_tracing_steps: int = 64
     """Surface mode: sphere-tracing steps before an unresolved ray falls back to the root search."""
     surface_tolerance: float = 1e-4
@@ -79,12 +111,39 @@ class SurfaceModel(Model):
         super().populate_modules()
         self.field = self.config.networks.setup()
         self.collider = UnitSphereCollider(radius=self.config.sphere_radius, near_plane=self.config.near_plane)
+        if self.config.background_model == "nerfpp":
+            self.background_field = self.config.background_network.setup()
+            # the chord ends exactly where the background starts, so compositing one behind the other is exact
+            self.collider = SphereChordCollider(radius=self.config.sphere_radius, near_plane=self.config.near_plane)
         self.camera_optimizer: CameraOptimizer = self.config.camera_optimizer.setup(
             num_cameras=self.num_train_data, device="cpu"
         )
         self.renderer_depth = DepthRenderer(method="expected")
+        self.occupancy_grid: Optional[SurfaceOccupancyGrid] = None
+        if self.config.occupancy_grid:
+            self.occupancy_grid = SurfaceOccupancyGrid(
+                self.config.occupancy_grid_resolution, self.config.sphere_radius, self.config.occupancy_grid_margin
+            )
         self._lpips = None  # built lazily: torchmetrics downloads its weights when constructed
         self._lpips_unavailable = False
+        if self.config.render_mode not in RENDER_MODES:
+            raise UserInputError(
+                f"render_mode '{self.config.render_mode}' (pipeline.model.render_mode in the run's config.yml) is "
+                f"not one of {', '.join(RENDER_MODES)}; set it to one of them."
+            )
+        self.render_mode: str = self.config.render_mode
+        # the viewer shows every ViewerElement of the model as a control; a dropdown is no module,
+        # so checkpoints and DDP see nothing of it
+        self.render_mode_control = ViewerDropdown(
+            "Render mode",
+            self.config.render_mode,
+            list(RENDER_MODES),
+            cb_hook=self._on_render_mode_control,
+            hint="volume: composite samples as in training; surface: shade the first surface point of each ray",
+        )
+
+    def _on_render_mode_control(self, control: ViewerDropdown) -> None:
+        self.render_mode = control.value
 
     # -- what a paper provides ---------------------------------------------------------------
 
@@ -104,15 +163,34 @@ class SurfaceModel(Model):
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         param_groups = {"fields": list(self.field.parameters()) + self.extra_field_parameters()}
+        if self.config.background_model == "nerfpp":
+            param_groups["fields"] += list(self.background_field.parameters())
         self.camera_optimizer.get_param_groups(param_groups=param_groups)
         return param_groups
+
+    def update_to_step(self, step: int) -> None:
+        """Everything that follows the training step (called before each iteration); papers extend it."""
+        self.field.update_to_step(step)
+        if self.occupancy_grid is not None and step % self.config.occupancy_grid_update_every == 0:
+            self.occupancy_grid.update(self.level_set)
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self.update_to_step,
+            )
+        ]
 
     def extra_field_parameters(self) -> List[Parameter]:
         """Parameters of a paper's own modules (e.g. NeuS's variance) trained with the field."""
         return []
 
     def background_rgb(self, ray_bundle: RayBundle) -> Float[Tensor, "num_rays 3"]:
-        """Colour seen through the region of interest (a constant colour here)."""
+        """Colour seen through the region of interest: the background network's, or a constant colour."""
+        if self.config.background_model == "nerfpp":
+            return self.render_background(ray_bundle)
         color = self.config.background_color
         num_rays = ray_bundle.origins.shape[0]
         if color == "random" and self.training:
@@ -120,11 +198,24 @@ class SurfaceModel(Model):
         value = 1.0 if color == "white" else 0.0
         return torch.full((num_rays, 3), value, device=ray_bundle.origins.device)
 
+    def render_background(self, ray_bundle: RayBundle) -> Float[Tensor, "num_rays 3"]:
+        """NeRF++: the background network composited over samples from the sphere's far side to infinity."""
+        samples = sample_background(
+            ray_bundle, self.config.sphere_radius, self.config.num_background_samples, jitter=self.training
+        )
+        background = self.background_field(samples.coordinates, samples.directions)
+        weights = weights_from_alphas(background_alphas(background["density"], samples.lengths))
+        return (weights * background["rgb"]).sum(dim=-2)
+
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
-        if not self.training and self.config.render_mode == "surface":
+        if not self.training and self.render_mode == "surface":
             return self.get_surface_outputs(ray_bundle)
         if self.training:
             self.camera_optimizer.apply_to_raybundle(ray_bundle)
+        if self.occupancy_grid is not None:
+            ray_bundle.nears, ray_bundle.fars = self.occupancy_grid.ray_bounds(
+                ray_bundle.origins, ray_bundle.directions, ray_bundle.nears, ray_bundle.fars
+            )
         ray_samples = self.sample_along_rays(ray_bundle)
         points = ray_samples.frustums.get_positions()
         directions = ray_samples.frustums.directions
@@ -133,7 +224,8 @@ class SurfaceModel(Model):
         weights = ray_samples.get_weights_and_transmittance_from_alphas(alphas, weights_only=True)
 
         accumulation = weights.sum(dim=-2)
-        rgb = (weights * field_outputs["rgb"]).sum(dim=-2) + (1.0 - accumulation) * self.background_rgb(ray_bundle)
+        background_rgb = self.background_rgb(ray_bundle)
+        rgb = composite_behind((weights * field_outputs["rgb"]).sum(dim=-2), accumulation, background_rgb)
         normals = F.normalize(field_outputs["gradient"], dim=-1)
         normal = (weights * normals).sum(dim=-2)
         outputs: Dict[str, Tensor] = {
@@ -142,6 +234,8 @@ class SurfaceModel(Model):
             "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
             "normal": (normal + 1.0) / 2.0,  # world-space normal shown as a colour in [0, 1]
         }
+        if self.config.background_model != "none":
+            outputs["background_rgb"] = background_rgb
         if self.training:
             outputs["gradients"] = field_outputs["gradient"].reshape(-1, 3)
             outputs["eikonal_points"] = points.reshape(-1, 3)

@@ -1,0 +1,169 @@
+"""Multi-resolution hash-grid features for the geometry network (Instant-NGP, Mueller et al. 2022).
+
+The encoding of a point is `[x, h_1(x), ..., h_L(x)]`: the raw coordinates (which the geometric
+initialisation turns into a sphere SDF) followed by the trilinearly interpolated features of `L` grids
+of growing resolution `N_l = floor(N_min * b^l)`, `b = exp((ln N_max - ln N_min) / (L - 1))`, each held
+in a table of at most `T` feature vectors: a level with `(N_l + 1)^3 <= T` vertices is stored densely,
+a finer one through the spatial hash `(x * 1) xor (y * 2654435761) xor (z * 805459861) mod T`.
+With tiny-cuda-nn installed, its fused kernels (through nerfstudio's `HashEncoding`) evaluate the grids;
+otherwise `MultiResolutionGrid` below does, in plain torch, on any device: all levels and all 8 cell
+corners in one gather, which is what keeps it usable on a CPU.
+
+Levels are switched on progressively (coarse to fine, as in Neuralangelo and instant-nsr-pl): features
+of levels not yet active are multiplied by 0, so early training fits the coarse shape before the
+fine grids can add detail (and noise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+@dataclass
+class HashGridConfig:
+    """Hash-grid encoding of the geometry network's input (used when its `encoding` is "hash")."""
+
+    num_levels: int = 16
+    """Number of grids `L`."""
+    features_per_level: int = 2
+    """Features stored per grid vertex."""
+    log2_hashmap_size: int = 19
+    """Entries per level's hash table, as a power of two."""
+    min_resolution: int = 16
+    """Resolution `N_min` of the coarsest grid over the bounding cube."""
+    max_resolution: int = 2048
+    """Resolution `N_max` of the finest grid over the bounding cube."""
+    bound: float = 1.0
+    """The grids cover the cube `[-bound, bound]^3` of the training space."""
+    initial_levels: int = 4
+    """Levels active at step 0."""
+    steps_per_level: int = 500
+    """Training steps between two level activations (0: every level active from the start)."""
+    implementation: Literal["tcnn", "torch"] = "tcnn"
+    """tiny-cuda-nn when installed (falls back to torch otherwise), or torch."""
+
+
+CORNER_OFFSETS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+"""The 8 corners of a grid cell, as offsets from its lowest vertex."""
+
+HASH_PRIMES = (1, 2654435761, 805459861)
+"""Instant-NGP's per-axis primes of the spatial hash."""
+
+
+class MultiResolutionGrid(nn.Module):
+    """Multi-resolution grid features in torch: `[0, 1]^3 -> [L * F]`, trilinear within each level."""
+
+    def __init__(self, resolutions: List[int], features_per_level: int, log2_table_size: int, init_scale: float = 1e-4):
+        super().__init__()
+        table_size = 2**log2_table_size
+        vertices = [(resolution + 1) ** 3 for resolution in resolutions]
+        sizes = [min(count, table_size) for count in vertices]
+        self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.float32), persistent=False)
+        self.register_buffer("hashed", torch.tensor([count > table_size for count in vertices]), persistent=False)
+        self.register_buffer("level_sizes", torch.tensor(sizes, dtype=torch.long), persistent=False)
+        self.register_buffer("level_offsets", torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0), persistent=False)
+        self.table = nn.Parameter((torch.rand(sum(sizes), features_per_level) * 2 - 1) * init_scale)
+
+    def vertex_index(self, vertices: Tensor) -> Tensor:
+        """Row of the table for integer vertices `[..., L, 8, 3]`: dense index or spatial hash, per level."""
+        stride = self.resolutions.long()[:, None] + 1  # [L, 1]
+        dense = (vertices[..., 0] * stride + vertices[..., 1]) * stride + vertices[..., 2]
+        hashed = vertices[..., 0] * HASH_PRIMES[0]
+        hashed = torch.bitwise_xor(hashed, vertices[..., 1] * HASH_PRIMES[1])
+        hashed = torch.bitwise_xor(hashed, vertices[..., 2] * HASH_PRIMES[2])
+        index = torch.where(self.hashed[:, None], hashed, dense) % self.level_sizes[:, None]
+        return index + self.level_offsets[:, None]
+
+    def forward(self, unit_points: Float[Tensor, "num_points 3"]) -> Float[Tensor, "num_points num_features"]:
+        scaled = unit_points[:, None, :] * self.resolutions[:, None]  # [N, L, 3]
+        lowest = torch.floor(scaled).clamp(max=self.resolutions[:, None] - 1)
+        fraction = scaled - lowest  # [N, L, 3], in [0, 1]
+        offsets = CORNER_OFFSETS.to(unit_points.device)
+        vertices = lowest.long()[:, :, None, :] + offsets  # [N, L, 8, 3]
+        # trilinear weight of each corner: prod over axes of (fraction or 1 - fraction)
+        weights = torch.where(offsets.bool(), fraction[:, :, None, :], 1.0 - fraction[:, :, None, :]).prod(dim=-1)
+        features = self.table[self.vertex_index(vertices)]  # [N, L, 8, F]
+        return (features * weights[..., None]).sum(dim=2).flatten(1)
+
+
+class ProgressiveHashEncoding(nn.Module):
+    """`x -> [x, masked hash features]` with coarse-to-fine activation of the levels."""
+
+    def __init__(self, config: HashGridConfig) -> None:
+        super().__init__()
+        from nerfstudio.field_components.encodings import TCNN_EXISTS, HashEncoding
+
+        self.config = config
+        if config.implementation == "tcnn" and TCNN_EXISTS:
+            self.grids: nn.Module = HashEncoding(
+                num_levels=config.num_levels,
+                min_res=config.min_resolution,
+                max_res=config.max_resolution,
+                log2_hashmap_size=config.log2_hashmap_size,
+                features_per_level=config.features_per_level,
+                implementation="tcnn",
+            )
+        else:
+            resolutions = [self.level_resolution(level) for level in range(config.num_levels)]
+            self.grids = MultiResolutionGrid(resolutions, config.features_per_level, config.log2_hashmap_size)
+        initial = config.num_levels if config.steps_per_level <= 0 else min(config.initial_levels, config.num_levels)
+        self.register_buffer("active_levels", torch.tensor(initial, dtype=torch.long))
+
+    def get_out_dim(self) -> int:
+        return 3 + self.config.num_levels * self.config.features_per_level
+
+    def level_resolution(self, level: int) -> int:
+        """`N_l = floor(N_min * b^l)` of level `l` (0-based)."""
+        config = self.config
+        if config.num_levels == 1:
+            return config.min_resolution
+        growth = math.exp((math.log(config.max_resolution) - math.log(config.min_resolution)) / (config.num_levels - 1))
+        return int(math.floor(config.min_resolution * growth**level))
+
+    def finest_active_cell(self) -> float:
+        """Edge length of a cell of the finest active grid, in training-space units."""
+        return 2.0 * self.config.bound / self.level_resolution(int(self.active_levels) - 1)
+
+    def update_to_step(self, step: int) -> None:
+        config = self.config
+        if config.steps_per_level > 0:
+            active = min(config.num_levels, config.initial_levels + step // config.steps_per_level)
+            self.active_levels.fill_(active)
+
+    def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
+        config = self.config
+        unit_cube = ((points / config.bound + 1.0) / 2.0).clamp(0.0, 1.0)
+        features = self.grids(unit_cube.reshape(-1, 3)).reshape(*points.shape[:-1], -1).to(points.dtype)
+        level = torch.arange(config.num_levels, device=points.device).repeat_interleave(config.features_per_level)
+        return torch.cat([points, features * (level < self.active_levels).to(points.dtype)], dim=-1)
+
+
+def reference_grid_features(grid: MultiResolutionGrid, unit_points: Float[Tensor, "num_points 3"]) -> Tensor:
+    """`MultiResolutionGrid.forward` written out level by level and corner by corner (slow, for tests)."""
+    per_level = []
+    for level, resolution in enumerate(grid.resolutions.tolist()):
+        level_features = torch.zeros(unit_points.shape[0], grid.table.shape[1], dtype=grid.table.dtype)
+        cell = torch.floor(unit_points * resolution).clamp(max=resolution - 1)
+        fraction = unit_points * resolution - cell
+        for corner in CORNER_OFFSETS.tolist():
+            vertex = cell.long() + torch.tensor(corner)
+            if bool(grid.hashed[level]):
+                row = vertex[:, 0] * HASH_PRIMES[0]
+                row = torch.bitwise_xor(row, vertex[:, 1] * HASH_PRIMES[1])
+                row = torch.bitwise_xor(row, vertex[:, 2] * HASH_PRIMES[2])
+            else:
+                stride = int(resolution) + 1
+                row = (vertex[:, 0] * stride + vertex[:, 1]) * stride + vertex[:, 2]
+            row = row % grid.level_sizes[level] + grid.level_offsets[level]
+            weight = torch.ones(unit_points.shape[0])
+            for axis in range(3):
+                weight = weight * (fraction[:, axis] if corner[axis] else 1.0 - fraction[:, axis])
+            level_features += weight[:, None] * grid.table[row]
+        per_level.append(level_features)
+    return torch.cat(per_level, dim=-1)

@@ -1,0 +1,110 @@
+"""neus-fast's pieces: the torch hash grid, numerical gradients, progressive levels, empty-space skipping."""
+
+import math
+
+import pytest
+import torch
+
+from neurecon_ns.data.shapes import sphere_sdf
+from neurecon_ns.fields.hash_encoding import (
+    HashGridConfig,
+    MultiResolutionGrid,
+    ProgressiveHashEncoding,
+    reference_grid_features,
+)
+from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
+from neurecon_ns.model_components.occupancy_grid import SurfaceOccupancyGrid
+
+
+def test_grid_matches_the_level_by_level_reference():
+    torch.manual_seed(0)
+    # coarse levels fit the table densely, fine ones are hashed
+    grid = MultiResolutionGrid([4, 9, 30, 77], features_per_level=2, log2_table_size=12, init_scale=1.0)
+    assert grid.hashed.tolist() == [False, False, True, True]
+    points = torch.rand(500, 3)
+    points[:5] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.25, 1.0], [1.0, 0.0, 0.3], [0.999999, 0.0, 0.0]])
+    assert torch.allclose(grid(points), reference_grid_features(grid, points), atol=1e-5)
+
+
+def test_grid_is_trilinear_between_vertices():
+    torch.manual_seed(0)
+    grid = MultiResolutionGrid([8], features_per_level=3, log2_table_size=12, init_scale=1.0)
+    start, end = torch.tensor([[0.25, 0.5, 0.625]]), torch.tensor([[0.375, 0.625, 0.75]])  # one cell's corners
+    along = torch.linspace(0, 1, 5)[:, None]
+    values = grid(start + along * (end - start))
+    # on a cell's diagonal trilinear interpolation is a cubic in the parameter; at its ends it is the vertex rows
+    assert torch.allclose(values[0], grid(start)[0]) and torch.allclose(values[-1], grid(end)[0])
+    stride = 9
+    vertex = torch.tensor([2, 4, 5])
+    row = (vertex[0] * stride + vertex[1]) * stride + vertex[2]
+    assert torch.allclose(grid(start)[0], grid.table[row], atol=1e-6)
+
+
+def test_progressive_levels_switch_features_on_coarse_to_fine():
+    encoding = ProgressiveHashEncoding(
+        HashGridConfig(num_levels=6, min_resolution=4, max_resolution=64, initial_levels=2, steps_per_level=10, implementation="torch")
+    )
+    points = torch.rand(64, 3) * 2 - 1
+    features = encoding(points)[:, 3:].reshape(64, 6, 2)
+    assert features[:, :2].abs().sum() > 0 and features[:, 2:].abs().sum() == 0
+    encoding.update_to_step(25)  # 2 + 25 // 10 = 4 levels
+    features = encoding(points)[:, 3:].reshape(64, 6, 2)
+    assert features[:, :4].abs().sum() > 0 and features[:, 4:].abs().sum() == 0
+    assert encoding.finest_active_cell() == pytest.approx(2.0 / encoding.level_resolution(3))
+
+
+@pytest.mark.parametrize("encoding", ["frequency", "hash"])
+def test_numerical_gradient_matches_autograd(encoding):
+    torch.manual_seed(0)
+    geometry = GeometryNetworkConfig(
+        encoding=encoding, num_layers=2, hidden_dim=32, skip_layers=(), feature_dim=8,
+        hash_grid=HashGridConfig(num_levels=4, max_resolution=32, steps_per_level=0, implementation="torch"),
+    )
+    analytic = SurfaceFieldConfig(geometry=geometry).setup()
+    numerical = SurfaceFieldConfig(geometry=geometry, gradient="numerical", numerical_gradient_step=1e-4).setup()
+    numerical.load_state_dict(analytic.state_dict())
+    points = torch.rand(200, 3) * 1.6 - 0.8
+    level_a, features_a, gradient_a = analytic.get_level_value_and_gradient(points)
+    level_n, features_n, gradient_n = numerical.get_level_value_and_gradient(points)
+    assert torch.allclose(level_a, level_n, atol=1e-6) and torch.allclose(features_a, features_n, atol=1e-6)
+    # central differences are exact up to O(h^2) curvature terms and float32 rounding
+    assert (gradient_a - gradient_n).norm(dim=-1).max() < 2e-2 * gradient_a.norm(dim=-1).max()
+
+
+def test_numerical_gradient_trains_the_parameters_without_a_second_derivative():
+    field = SurfaceFieldConfig(
+        geometry=GeometryNetworkConfig(num_layers=2, hidden_dim=16, skip_layers=(), feature_dim=4), gradient="numerical"
+    ).setup()
+    points = torch.rand(32, 3)
+    _, _, gradient = field.get_level_value_and_gradient(points)
+    ((gradient.norm(dim=-1) - 1) ** 2).mean().backward()
+    assert all(p.grad is not None for p in field.geometry_network.parameters())
+
+
+def sphere_grid(radius=0.5, resolution=32):
+    grid = SurfaceOccupancyGrid(resolution=resolution, radius=1.0, margin=1.0)
+    grid.update(lambda points: sphere_sdf(points, radius))
+    return grid
+
+
+def test_occupancy_grid_holds_every_surface_point_and_little_else():
+    grid = sphere_grid()
+    directions = torch.nn.functional.normalize(torch.randn(2000, 3), dim=-1)
+    assert grid.lookup(0.5 * directions).all()
+    # the shell of cells around a sphere of radius 0.5 is a small part of the cube
+    shell_volume = 4 * math.pi * 0.5**2 * 4 * grid.cell_size
+    assert grid.occupied_fraction() < 2 * shell_volume / 8.0
+    assert not grid.lookup(torch.zeros(1, 3)).any() and not grid.lookup(torch.tensor([[0.9, 0.9, 0.9]])).any()
+
+
+def test_ray_bounds_keep_the_hit_and_empty_rays_see_nothing():
+    grid = sphere_grid()
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.3, 0.0, -3.0], [0.9, 0.9, -3.0]])
+    directions = torch.tensor([[0.0, 0.0, 1.0]] * 3)
+    nears, fars = torch.full((3, 1), 2.0), torch.full((3, 1), 4.0)
+    new_nears, new_fars = grid.ray_bounds(origins, directions, nears, fars)
+    first_hit = torch.tensor([3.0 - 0.5, 3.0 - math.sqrt(0.25 - 0.09)])
+    exit_point = torch.tensor([3.0 + 0.5, 3.0 + math.sqrt(0.25 - 0.09)])
+    assert (new_nears[:2, 0] <= first_hit).all() and (new_fars[:2, 0] >= exit_point).all()
+    assert (new_fars[:2] - new_nears[:2] < fars[:2] - nears[:2]).all()  # something was skipped
+    assert new_nears[2, 0] == new_fars[2, 0] == fars[2, 0]  # a ray through empty space keeps no segment
