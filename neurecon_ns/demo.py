@@ -8,14 +8,17 @@ Distances are measured in the unit-sphere space of the scene, where the object s
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import trimesh
 
 from neurecon_ns.mesh.evaluate import GeometryReport, compare_meshes
+from neurecon_ns.mesh.extract import transform_mesh
 from neurecon_ns.mesh.model_mesh import extract_model_surface
 from neurecon_ns.training import method_config, small_cpu_config, train
 
@@ -44,14 +47,21 @@ def train_short(
     mesh_resolution: int = 128,
     num_eval_points: int = 30_000,
     overrides: Optional[Dict[str, Any]] = None,
+    dataparser: Any = None,
     **small_config: Any,
 ) -> ShortRun:
     """Train `method` for `steps` on the scene in `scene_dir` (written by `write_scene`) and measure it.
 
     `small_config` goes to `small_cpu_config` (hidden_dim, num_layers, rays_per_batch, seed);
     `overrides` sets model config attributes by dotted name, e.g. `{"mask_loss_weight": 0.0}`.
+    `dataparser` replaces the method's data parser (its `data` is the capture: `scene_dir`, or
+    `scene_dir/blender` for `blender-data`); the surface is measured in the scene's unit-sphere space
+    whatever normalisation the run used.
     """
-    config = small_cpu_config(method_config(method), scene_dir, output_dir, steps, **small_config)
+    data = Path(dataparser.data) if dataparser is not None else scene_dir
+    config = small_cpu_config(method_config(method), data, output_dir, steps, **small_config)
+    if dataparser is not None:
+        config.pipeline.datamanager.dataparser = dataparser
     for name, value in (overrides or {}).items():
         target = config.pipeline.model
         *path, last = name.split(".")
@@ -63,6 +73,9 @@ def train_short(
     train_seconds = time.perf_counter() - started
     model = trainer.pipeline.model
     mesh_unit = extract_model_surface(model, resolution=mesh_resolution)
+    scene_from_model = _scene_unit_from_model(trainer, Path(scene_dir), data)
+    if not np.allclose(scene_from_model, np.eye(4), atol=1e-6):
+        mesh_unit = transform_mesh(mesh_unit, scene_from_model)
     reference = trimesh.load(Path(scene_dir) / "gt_mesh_unit.ply", force="mesh")
     report = compare_meshes(mesh_unit, reference, num_points=num_eval_points, thresholds=(0.01, 0.02, 0.05))
     return ShortRun(
@@ -72,3 +85,21 @@ def train_short(
         train_seconds=train_seconds,
         trainer=trainer,
     )
+
+
+def _scene_unit_from_model(trainer: Any, scene_dir: Path, data: Path) -> np.ndarray:
+    """4x4 map from the run's training space to the scene's unit-sphere space (identity for `neus-data`).
+
+    The run records its map to the data's units (`dataparser_transform` / `dataparser_scale`); the data's
+    units are the scene's world (`scale_mat`), or the Blender layout's `blender_scale` times the unit space.
+    """
+    from neurecon_ns.runs import unit_to_data_matrix
+
+    outputs = trainer.pipeline.datamanager.train_dataparser_outputs
+    data_from_model = unit_to_data_matrix(outputs.dataparser_transform, outputs.dataparser_scale)
+    scene = json.loads((scene_dir / "scene.json").read_text())
+    if data.resolve() == (scene_dir / "blender").resolve():
+        data_from_scene = np.diag([scene["blender_scale"]] * 3 + [1.0])
+    else:
+        data_from_scene = np.asarray(scene["scale_mat"], dtype=np.float64)
+    return np.linalg.inv(data_from_scene) @ data_from_model

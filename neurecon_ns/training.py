@@ -73,9 +73,22 @@ def small_cpu_config(
 
 
 def _shrink_sampler(model) -> None:
-    """Halve the samples per ray of samplers that have these settings."""
+    """Halve the samples per ray of samplers that have these settings (NeuS's, UNISURF's, then VolSDF's)."""
     sampler = getattr(model, "sampler", None)
-    for name, value in (("num_uniform", 32), ("num_importance", 32), ("num_upsample_steps", 2)):
+    smaller = (
+        ("num_uniform", 32),
+        ("num_importance", 32),
+        ("num_upsample_steps", 2),
+        ("num_search_steps", 128),
+        ("num_interval", 32),
+        ("num_free_space", 16),
+        ("num_initial_samples", 64),
+        ("num_samples_per_iteration", 32),
+        ("max_iterations", 3),
+        ("num_final_samples", 32),
+        ("num_coarse_kept", 16),
+    )
+    for name, value in smaller:
         if sampler is not None and hasattr(sampler, name):
             setattr(sampler, name, value)
 

@@ -1,24 +1,43 @@
-"""nerfstudio's data manager with foreground masks delivered as data, not as a sampling region.
+"""nerfstudio's data manager with foreground masks delivered as data, and any data parser's capture put
+into the unit sphere.
 
-nerfstudio's own `mask` key makes its pixel sampler draw rays only inside the mask, which would
+Masks: nerfstudio's own `mask` key makes its pixel sampler draw rays only inside the mask, which would
 leave a mask loss nothing to push against, and its mask loader accepts single-channel files only.
-Here the data parser lists the masks under `metadata["fg_mask_filenames"]`, the dataset loads them
-(any channel count, resized with the image) as `fg_mask` in [0, 1], and the pixel sampler gathers
-them per ray like any other image-shaped key.
+Here the data parser lists the masks under `metadata["fg_mask_filenames"]` (the masks that
+`nerfstudio-data` lists as `mask_path` are moved there), the dataset loads them (any channel count,
+resized with the image) as `fg_mask` in [0, 1], and the pixel sampler gathers them per ray like any
+other image-shaped key. RGBA images (`blender-data`) give their alpha channel as the mask.
+
+Region of interest: the models reconstruct what lies in the unit sphere. This plugin's own parsers
+(`neus-data`) already deliver that space; for any other parser (`nerfstudio-data`, `blender-data`,
+`colmap`, `mvsnet-data`, ...) a similarity found by `data/normalize.py` maps the region the cameras
+look at (or the sparse points, or a box the user gives) onto it, computed once from the training
+cameras and applied to every split. It is composed into the outputs' `dataparser_transform` /
+`dataparser_scale`, so meshes go back to the data's own units.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Type
+import json
+import types
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, Literal, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig, DataparserOutputs
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
-from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
-from nerfstudio.data.datasets.base_dataset import InputDataset
+from neurecon_ns.data.normalize import SphereRegion, check_cameras_outside, find_region, scale_region, to_unit_sphere
+from neurecon_ns.errors import UserInputError
+
+NERFSTUDIO_INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 
 
 class SurfaceDataset(InputDataset):
@@ -28,8 +47,12 @@ class SurfaceDataset(InputDataset):
         downscale = float(dataparser_outputs.metadata.get("downscale_factor", 1))
         super().__init__(dataparser_outputs, scale_factor=scale_factor / downscale)
         self.fg_mask_filenames = dataparser_outputs.metadata.get("fg_mask_filenames")
+        self.alpha_is_mask = self.fg_mask_filenames is None and _has_alpha(dataparser_outputs.image_filenames)
 
     def get_metadata(self, data: Dict) -> Dict:
+        if self.alpha_is_mask:
+            alpha = self.get_numpy_image(data["image_idx"])[..., 3:].astype(np.float32) / 255.0
+            return {"fg_mask": (torch.from_numpy(alpha) > 0.5).float()}
         if self.fg_mask_filenames is None:
             return {}
         height, width = data["image"].shape[:2]
@@ -41,12 +64,144 @@ class SurfaceDataset(InputDataset):
         return {"fg_mask": (torch.from_numpy(mask)[..., None] > 0.5).float()}
 
 
+def _has_alpha(image_filenames) -> bool:
+    """Whether the first image has an alpha channel (read from its header only)."""
+    if not image_filenames:
+        return False
+    with Image.open(image_filenames[0]) as image:
+        return image.mode in ("RGBA", "LA")
+
+
 class SurfaceDataManager(VanillaDataManager[SurfaceDataset]):
-    """`VanillaDataManager` over `SurfaceDataset`."""
+    """`VanillaDataManager` over `SurfaceDataset`, with every split mapped into the unit sphere."""
+
+    config: "SurfaceDataManagerConfig"
+    region: SphereRegion
+
+    def __init__(
+        self,
+        config: "SurfaceDataManagerConfig",
+        device: Union[torch.device, str] = "cpu",
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        **kwargs,
+    ):
+        data = Path(config.data if config.data is not None else config.dataparser.data)
+        check_capture_files(config.dataparser, data)
+        try:
+            super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs)
+        except (KeyError, AssertionError, FileNotFoundError, IndexError) as error:
+            if not _raised_in_nerfstudio_dataparser(error):
+                raise
+            raise UserInputError(
+                f"{data}: nerfstudio's {type(config.dataparser).__name__} could not read this capture "
+                f"({type(error).__name__}: {str(error).strip()}); check the files against that data parser's format."
+            ) from None
+
+    def create_train_dataset(self) -> SurfaceDataset:
+        where = str(self.config.data)
+        outputs = self.train_dataparser_outputs
+        self.region = find_region(outputs, self.config.roi, self.config.roi_box, where)
+        if self.region.source != "data":
+            self.region = scale_region(self.region, self.config.roi_scale)
+            CONSOLE.print(
+                f"Region of interest ({self.region.source}): centre {np.round(self.region.center, 4).tolist()}, "
+                f"radius {self.region.radius:.4g} in the data parser's space -> the unit sphere"
+            )
+        self.train_dataparser_outputs = self.prepare(outputs)
+        check_cameras_outside(
+            self.train_dataparser_outputs.cameras.camera_to_worlds[:, :3, 3].double().numpy(),
+            where,
+            self._inside_fix(),
+        )
+        return SurfaceDataset(self.train_dataparser_outputs, scale_factor=self.config.camera_res_scale_factor)
+
+    def create_eval_dataset(self) -> SurfaceDataset:
+        outputs = self.prepare(self.dataparser.get_dataparser_outputs(split=self.test_split))
+        return SurfaceDataset(outputs, scale_factor=self.config.camera_res_scale_factor)
+
+    def prepare(self, outputs: DataparserOutputs) -> DataparserOutputs:
+        """The split's outputs in the unit sphere, with nerfstudio-style masks turned into foreground masks."""
+        if self.region.source != "data":
+            outputs = to_unit_sphere(outputs, self.region)
+        if outputs.mask_filenames is not None and outputs.metadata.get("mask_color") is None:
+            # a sampling region would starve the mask loss: deliver the masks as data instead
+            metadata = dict(outputs.metadata, fg_mask_filenames=list(outputs.mask_filenames))
+            outputs = replace(outputs, mask_filenames=None, metadata=metadata)
+        return outputs
+
+    def _inside_fix(self) -> str:
+        if self.region.source == "data":
+            return "the data's unit sphere (its scale_mat) is too large; fix the cameras file or use --pipeline.datamanager.roi cameras."
+        return "shrink the region with --pipeline.datamanager.roi-scale below 1 or give the object's bounding box with --pipeline.datamanager.roi box --pipeline.datamanager.roi-box XMIN YMIN ZMIN XMAX YMAX ZMAX."
+
+
+def _raised_in_nerfstudio_dataparser(error: BaseException) -> bool:
+    """Whether the innermost frame of the error lies in one of nerfstudio's data parsers."""
+    tb: Optional[types.TracebackType] = error.__traceback__
+    last_file = ""
+    while tb is not None:
+        last_file = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return "nerfstudio" in last_file and "dataparsers" in last_file
+
+
+def check_capture_files(dataparser: DataParserConfig, data: Path) -> None:
+    """What nerfstudio's own parsers would stumble on with an assertion or a KeyError, as one sentence."""
+    if isinstance(dataparser, NerfstudioDataParserConfig):
+        check_nerfstudio_transforms(data if data.suffix == ".json" else data / "transforms.json")
+    elif isinstance(dataparser, BlenderDataParserConfig):
+        meta = _read_json(data / "transforms_train.json", "the Blender layout has transforms_{train,val,test}.json")
+        if "camera_angle_x" not in meta:
+            raise UserInputError(f"{data / 'transforms_train.json'}: no 'camera_angle_x'; the Blender layout gives the horizontal field of view in radians there.")
+
+
+def _read_json(path: Path, layout: str) -> dict:
+    if not path.is_file():
+        raise UserInputError(f"{path}: file not found; {layout} (pass the capture's folder with --data).")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"{path}: not readable JSON ({error}); re-export it.") from None
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not isinstance(frames, list) or not frames:
+        raise UserInputError(f"{path}: no 'frames' list; it must list the images with their 'file_path' and 'transform_matrix'.")
+    for index, frame in enumerate(frames):
+        for key in ("file_path", "transform_matrix"):
+            if key not in frame:
+                raise UserInputError(f"{path}: frame {index} has no '{key}'; every frame needs 'file_path' and 'transform_matrix'.")
+    return meta
+
+
+def check_nerfstudio_transforms(path: Path) -> None:
+    """transforms.json must give the pinhole intrinsics, once at the top level or in every frame."""
+    meta = _read_json(path, "nerfstudio-data reads transforms.json as `ns-process-data` writes it")
+    for key in NERFSTUDIO_INTRINSICS:
+        if key in meta:
+            continue
+        missing = [index for index, frame in enumerate(meta["frames"]) if key not in frame]
+        if missing:
+            raise UserInputError(
+                f"{path}: camera intrinsic '{key}' is neither at the top level nor in frame {missing[0]} "
+                f"({meta['frames'][missing[0]]['file_path']}); add {', '.join(NERFSTUDIO_INTRINSICS)} at the top level "
+                "(one camera) or to every frame, as ns-process-data writes them."
+            )
 
 
 @dataclass
 class SurfaceDataManagerConfig(VanillaDataManagerConfig):
-    """nerfstudio's vanilla data manager, with foreground masks as per-ray data."""
+    """nerfstudio's vanilla data manager, with foreground masks as per-ray data and the region of interest
+    of any data parser mapped into the unit sphere."""
 
     _target: Type = field(default_factory=lambda: SurfaceDataManager)
+    roi: Literal["auto", "data", "cameras", "points", "box"] = "auto"
+    """Region of interest that becomes the unit sphere: "data" keeps the parser's own unit sphere (this
+    plugin's parsers give one); "cameras" the sphere around the cameras' look-at point that 90% of the views
+    see whole; "points" the sphere around the sparse points most cameras see; "box" the sphere through the
+    corners of `roi_box`. "auto": "data" for this plugin's parsers, else "points" when the parser gives
+    sparse points, else "cameras"."""
+    roi_box: Optional[Tuple[float, float, float, float, float, float]] = None
+    """XMIN YMIN ZMIN XMAX YMAX ZMAX of the object's box in the data's own units (with `roi box`)."""
+    roi_scale: float = 1.0
+    """Multiplies the radius of the region found (above 1 when the object sticks out of the sphere)."""

@@ -1,27 +1,33 @@
 """Surface extraction from a level-set function by marching cubes, coarse to fine, in seamless blocks.
 
-The surface is `{x : f(x) = level}` of a function that is negative inside: an SDF (NeuS, VolSDF) or a
-negated occupancy logit (UNISURF). The fine grid has `resolution` samples per axis spanning the box,
-both corners included, so sample `k = (i, j, l)` sits at `bbox_min + k * (bbox_max - bbox_min) / (resolution - 1)`.
+The surface is `{x : f(x) = level}` of a function that is negative inside: an SDF (NeuS, VolSDF) or the
+level value whose sign flips where UNISURF's occupancy is 0.5. The fine grid has `resolution` samples per axis
+spanning the box, both corners included, so sample `k = (i, j, l)` sits at
+`bbox_min + k * (bbox_max - bbox_min) / (resolution - 1)`.
 
 Coarse to fine (`extract_level_set`):
 
-1. Evaluate `f` on a coarse grid made of every `coarse_factor`-th fine sample.
-2. Mark the coarse cells whose corners straddle the level (`min <= level <= max`), then dilate the marks by
-   `dilation` cells, so that a thin part poking between two coarse samples is still caught as long as it
-   shows up in a neighbouring cell. With `sdf_lipschitz = L` (only for a true SDF), a cell is also marked
-   when `min_corners |f - level| <= L * half_diagonal`, which then guarantees that no crossing is missed.
-3. Walk the fine grid in blocks of `block_resolution` cells. In a block with a marked cell, evaluate `f` at
-   every fine sample of a marked cell; fill the other samples with the trilinear interpolation of the coarse
-   values, which has the sign of the (unmarked, sign-constant) coarse cell and so adds no triangle. Run
-   marching cubes on the block.
-4. Blocks share their boundary samples. Every shared sample is evaluated once, by the first block that needs
+1. A hierarchy of coarse grids made of every `s`-th fine sample, `s = c, 2c, 4c, ...` (`c = coarse_factor`), the
+   coarsest with 64 to 127 cells per axis. The coarsest is evaluated everywhere. On each grid, the cells whose
+   corners straddle the level (`min <= level <= max`) are marked and the marks dilated by `dilation` cells, so
+   that a part poking between two samples is still caught as long as it shows in a neighbouring cell. With
+   `sdf_lipschitz = L` (only for a true SDF) a cell is also marked when `min_corners |f - level| <= L *
+   half_diagonal`, which guarantees that no crossing is missed. The next finer grid is evaluated at the corners
+   of marked cells only; its other samples take the trilinear interpolation of the coarser grid, which has the
+   sign of the (unmarked, sign-constant) coarse cell.
+2. The fine grid is walked in blocks of `block_resolution` cells. In a block holding a marked cell of the finest
+   coarse grid, `f` is evaluated at every fine sample of a marked cell, the rest is interpolated as above (it
+   adds no triangle), and marching cubes runs on the block.
+3. Blocks share their boundary samples. Every shared sample is evaluated once, by the first block that needs
    it, and handed to the others through a cache kept by the block that owns it, so both sides see the same
-   bits. Vertices are merged by the grid edge they lie on, which makes the merged mesh exactly seamless.
+   bits. Vertices are welded by the grid edge they lie on (`_weld`, which the dense path uses too), which makes
+   the merged mesh exactly seamless.
 
 Wherever the marked cells hold every fine crossing, the result is the dense marching cubes mesh
-(`extract_level_set_dense`), up to float rounding of the vertex positions. Memory is bounded: the coarse
-grid, one block, the boundary caches (at most a few `resolution**2` floats) and the output mesh.
+(`extract_level_set_dense`, the slow reference) up to float rounding of the vertex positions. Queries grow with
+the surface area (a band a few coarse cells wide around the surface, plus the fixed coarsest grid); memory is
+bounded by the finest coarse grid (at most 257^3 floats: `coarse_factor` grows with `resolution` to keep it so),
+one block, the boundary caches and the output mesh.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -39,20 +44,33 @@ from jaxtyping import Bool, Float, Int
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from skimage.measure import marching_cubes
 from torch import Tensor
 
 from neurecon_ns.errors import UserInputError
+from neurecon_ns.mesh.postprocess import (  # noqa: F401  (re-exported: the mesh tools' one import point)
+    MESH_SUFFIXES,
+    cull_by_cameras,
+    dilate_mask,
+    export_mesh,
+    keep_largest_component,
+    project_points,
+    transform_mesh,
+    visible_vertices,
+)
 
-LevelFunction = Callable[[Float[Tensor, "num_points 3"]], Float[Tensor, "num_points"]]
+LevelFunction = Callable[[Float[Tensor, "num_points 3"]], Float[Tensor, " num_points"]]
 """Maps points (in the box's coordinates) to level-set values, negative inside."""
 
 STATS_KEY = "extraction_stats"
 """Key of the `ExtractionStats` in `mesh.metadata` of an extracted mesh."""
 
 BoxCorner = Union[Sequence[float], np.ndarray, Tensor]
+
+MAX_COARSE_CELLS = 256
+"""The finest coarse grid has at most this many cells per axis (257^3 floats = 68 MB)."""
+MIN_TOP_CELLS = 64
+"""The coarsest grid, evaluated everywhere, has 64 to 127 cells per axis (fewer only for small resolutions)."""
 
 
 @dataclass
@@ -62,9 +80,11 @@ class ExtractionStats:
     resolution: int
     """Fine samples per axis."""
     coarse_factor: int
-    """Fine cells per coarse cell along an axis (1 for the dense path)."""
+    """Fine cells per cell of the finest coarse grid, along an axis (1 for the dense path)."""
+    coarse_resolutions: Tuple[int, ...]
+    """Samples per axis of each coarse grid, coarsest first (empty for the dense path)."""
     num_coarse_queries: int
-    """Points sent to the level function for the coarse grid."""
+    """Points sent to the level function for the coarse grids."""
     num_fine_queries: int
     """Points sent to the level function on the fine grid."""
     blocks_visited: int
@@ -77,6 +97,11 @@ class ExtractionStats:
     @property
     def num_queries(self) -> int:
         return self.num_coarse_queries + self.num_fine_queries
+
+    @property
+    def num_dense_queries(self) -> int:
+        """Queries of the dense path at the same resolution."""
+        return self.resolution**3
 
 
 def extraction_stats(mesh: trimesh.Trimesh) -> ExtractionStats:
@@ -95,7 +120,7 @@ def _box(bbox_min: BoxCorner, bbox_max: BoxCorner, resolution: int) -> Tuple[np.
     if lower.shape != (3,) or upper.shape != (3,):
         raise UserInputError(f"the box corners must be 3 numbers each, got {lower.tolist()} and {upper.tolist()}.")
     if not np.all(upper > lower):
-        raise UserInputError(f"the box is empty: bbox_max {upper.tolist()} must exceed bbox_min {lower.tolist()} on every axis.")
+        raise UserInputError(f"the box is empty: its maximum {upper.tolist()} must exceed its minimum {lower.tolist()} on every axis.")
     if int(resolution) < 2:
         raise UserInputError(f"the resolution must be at least 2 samples per axis, got {resolution}.")
     return lower, (upper - lower) / (int(resolution) - 1)
@@ -104,7 +129,7 @@ def _box(bbox_min: BoxCorner, bbox_max: BoxCorner, resolution: int) -> Tuple[np.
 def _index_to_world(
     index: Int[np.ndarray, "*bs 3"], bbox_min: Float[np.ndarray, "3"], spacing: Float[np.ndarray, "3"]
 ) -> Float[np.ndarray, "*bs 3"]:
-    """`x = bbox_min + k * spacing`; the one formula both paths use, so equal indices give equal points."""
+    """`x = bbox_min + k * spacing`; the one formula every path uses, so equal indices give equal points."""
     return bbox_min + index * spacing
 
 
@@ -115,7 +140,7 @@ def _lattice(axis_x: np.ndarray, axis_y: np.ndarray, axis_z: np.ndarray) -> Int[
 
 
 class _CountingField:
-    """Evaluates a level function on float64 numpy points in chunks and counts the queries."""
+    """Evaluates a level function on float64 numpy points in chunks, counts the queries, rejects NaN."""
 
     def __init__(self, level_fn: LevelFunction, device: Union[str, torch.device], chunk_size: int) -> None:
         self.level_fn = level_fn
@@ -123,7 +148,7 @@ class _CountingField:
         self.chunk_size = int(chunk_size)
         self.num_queries = 0
 
-    def __call__(self, points_world: Float[np.ndarray, "num 3"]) -> Float[np.ndarray, "num"]:
+    def __call__(self, points_world: Float[np.ndarray, "num 3"]) -> Float[np.ndarray, " num"]:
         values = np.empty(len(points_world), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(points_world), self.chunk_size):
@@ -133,35 +158,22 @@ class _CountingField:
                     raise ValueError(f"the level function returned {tuple(level.shape)} values for {len(chunk)} points; it must return one per point.")
                 values[start : start + len(chunk)] = level.reshape(-1).float().cpu().numpy()
         self.num_queries += len(points_world)
+        if not np.isfinite(values).all():
+            raise UserInputError(
+                f"the field is NaN or infinite at {int((~np.isfinite(values)).sum())} of {len(values)} sampled points: "
+                "the model has diverged; use an earlier checkpoint or retrain."
+            )
         return values
 
 
-def _check_values(values: np.ndarray, level: float, where: str) -> None:
-    """Raise the user-facing error when the sampled field is not finite or never crosses the level."""
-    finite = np.isfinite(values)
-    if not finite.all():
-        raise UserInputError(
-            f"the field is NaN or infinite at {int((~finite).sum())} of {values.size} samples of the {where}: "
-            "the model has diverged; use an earlier checkpoint or retrain."
-        )
+def _check_crossing(values: np.ndarray, level: float, where: str) -> None:
+    """Raise the user-facing error when the sampled field never reaches the level."""
     low, high = float(values.min()), float(values.max())
     if not low <= level <= high:
         raise UserInputError(
             f"the field never crosses level {level:g} inside the box (min {low:.3g}, max {high:.3g} over the {where}): "
-            "the model has no surface there; train longer or check --bbox."
+            "the model has no surface there; train longer or check the bounding box."
         )
-
-
-def _mesh_from_index_vertices(
-    vertices_index: Float[np.ndarray, "num_vertices 3"],
-    faces: Int[np.ndarray, "num_faces 3"],
-    bbox_min: np.ndarray,
-    spacing: np.ndarray,
-    stats: ExtractionStats,
-) -> trimesh.Trimesh:
-    mesh = trimesh.Trimesh(_index_to_world(vertices_index, bbox_min, spacing), faces, process=False)
-    mesh.metadata[STATS_KEY] = stats
-    return mesh
 
 
 def _progress(enabled: bool) -> Progress:
@@ -175,6 +187,91 @@ def _progress(enabled: bool) -> Progress:
         disable=not enabled,
         transient=True,
     )
+
+
+def _dense_values(
+    field: _CountingField, bbox_min: np.ndarray, spacing: np.ndarray, stride: int, num_samples: int
+) -> Float[np.ndarray, "n n n"]:
+    """The field at the samples `k * stride`, `0 <= k < num_samples` per axis, in x-slabs of about a chunk."""
+    values = np.empty((num_samples,) * 3, dtype=np.float32)
+    slab_index = _lattice(np.zeros(1, dtype=np.int64), np.arange(num_samples), np.arange(num_samples))
+    slabs_per_chunk = max(1, field.chunk_size // num_samples**2)
+    for x_start in range(0, num_samples, slabs_per_chunk):
+        x_stop = min(x_start + slabs_per_chunk, num_samples)
+        index = np.concatenate([slab_index + [x, 0, 0] for x in range(x_start, x_stop)])
+        points = _index_to_world(index * stride, bbox_min, spacing)
+        values[x_start:x_stop] = field(points).reshape(x_stop - x_start, num_samples, num_samples)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# marching cubes and welding
+
+
+def _marching_cubes(volume: Float[np.ndarray, "nx ny nz"], level: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Vertices (in the volume's index units) and faces of one volume; empty when the level is not crossed.
+
+    Degenerate faces are kept: skimage would merge vertices by their float32 position, which depends on where
+    the volume starts; `_weld` merges them by grid position instead, the same way for blocks and dense grids.
+    """
+    empty = np.zeros((0, 3), dtype=np.float64), np.zeros((0, 3), dtype=np.int64)
+    if not volume.min() <= level <= volume.max():
+        return empty
+    try:
+        vertices, faces, _, _ = marching_cubes(volume, level=level, allow_degenerate=True)
+    except RuntimeError:  # touches the level without crossing it
+        return empty
+    return vertices.astype(np.float64), faces.astype(np.int64)
+
+
+def _snap_tolerance(resolution: int) -> float:
+    """Vertices this close (in voxels) to a sample are on it: a few float32 ulps of the largest index."""
+    return 8.0 * float(np.finfo(np.float32).eps) * max(int(resolution), 16)
+
+
+def _weld(
+    vertices_index: Float[np.ndarray, "num_vertices 3"], faces: Int[np.ndarray, "num_faces 3"], resolution: int
+) -> Tuple[Float[np.ndarray, "num_welded 3"], Int[np.ndarray, "num_kept 3"]]:
+    """Merge marching-cubes vertices that are the same point of the grid and drop the faces that collapse.
+
+    A vertex lies on a grid edge (one fractional coordinate: keyed by the edge), on a sample (none, when the
+    field equals the level there: keyed by the sample, which merges the vertices of all edges meeting there), or
+    inside a cube (Lewiner's extra vertex for ambiguous cases: kept as it is). Two blocks compute the fractional
+    coordinate of a shared edge from the same values and the same origin along that axis, so they agree bit for
+    bit and the merged mesh has no seam.
+    """
+    if len(vertices_index) == 0:
+        return vertices_index, faces
+    rounded = np.rint(vertices_index)
+    on_sample = np.abs(vertices_index - rounded) <= _snap_tolerance(resolution)
+    snapped = np.where(on_sample, rounded, vertices_index)
+    num_fractional = (~on_sample).sum(axis=1)
+    base = np.where(on_sample, rounded, np.floor(vertices_index)).astype(np.int64)
+    code = np.where(num_fractional == 0, 3, np.argmax(~on_sample, axis=1))
+    side = int(resolution) + 1
+    keys = ((base[:, 0] * side + base[:, 1]) * side + base[:, 2]) * 4 + code
+    inside_cube = num_fractional > 1
+    keys[inside_cube] = -1 - np.arange(int(inside_cube.sum()))
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    welded_faces = inverse.reshape(-1)[faces]
+    distinct = (
+        (welded_faces[:, 0] != welded_faces[:, 1])
+        & (welded_faces[:, 1] != welded_faces[:, 2])
+        & (welded_faces[:, 0] != welded_faces[:, 2])
+    )
+    return snapped[first], welded_faces[distinct]
+
+
+def _mesh_from_index_vertices(
+    vertices_index: Float[np.ndarray, "num_vertices 3"],
+    faces: Int[np.ndarray, "num_faces 3"],
+    bbox_min: np.ndarray,
+    spacing: np.ndarray,
+    stats: ExtractionStats,
+) -> trimesh.Trimesh:
+    mesh = trimesh.Trimesh(_index_to_world(vertices_index, bbox_min, spacing), faces, process=False)
+    mesh.metadata[STATS_KEY] = stats
+    return mesh
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -199,20 +296,14 @@ def extract_level_set_dense(
     started = time.perf_counter()
     bbox_min_np, spacing = _box(bbox_min, bbox_max, resolution)
     field = _CountingField(level_fn, device, chunk_size)
-    values = np.empty((resolution,) * 3, dtype=np.float32)
-    slab_index = _lattice(np.arange(1), np.arange(resolution), np.arange(resolution))
-    slabs_per_chunk = max(1, chunk_size // resolution**2)
     with _progress(progress) as bar:
-        task = bar.add_task("dense grid", total=resolution)
-        for x_start in range(0, resolution, slabs_per_chunk):
-            x_stop = min(x_start + slabs_per_chunk, resolution)
-            index = np.concatenate([slab_index + [x, 0, 0] for x in range(x_start, x_stop)])
-            values[x_start:x_stop] = field(_index_to_world(index, bbox_min_np, spacing)).reshape(x_stop - x_start, resolution, resolution)
-            bar.update(task, completed=x_stop)
-    _check_values(values, level, "dense grid")
-    vertices_index, faces, _, _ = marching_cubes(values, level=level, allow_degenerate=False)
-    stats = ExtractionStats(resolution, 1, 0, field.num_queries, 1, 1, time.perf_counter() - started)
-    return _mesh_from_index_vertices(vertices_index.astype(np.float64), faces, bbox_min_np, spacing, stats)
+        task = bar.add_task(f"dense grid {resolution}^3", total=1)
+        values = _dense_values(field, bbox_min_np, spacing, 1, resolution)
+        bar.update(task, completed=1)
+    _check_crossing(values, level, "dense grid")
+    vertices_index, faces = _weld(*_marching_cubes(values, level), resolution)
+    stats = ExtractionStats(resolution, 1, (), 0, field.num_queries, 1, 1, time.perf_counter() - started)
+    return _mesh_from_index_vertices(vertices_index, faces, bbox_min_np, spacing, stats)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -239,13 +330,32 @@ def mark_cells(
     corner_max = np.maximum.reduce(corners)
     marked = (corner_min <= level) & (corner_max >= level)
     if sdf_lipschitz is not None:
-        assert cell_size is not None, "the Lipschitz bound needs the cell size"
+        if cell_size is None:
+            raise ValueError("the Lipschitz bound needs the cell size")
         half_diagonal = 0.5 * float(np.linalg.norm(cell_size))
         distance_to_level = np.minimum.reduce([np.abs(corner - level) for corner in corners])
         marked |= distance_to_level <= sdf_lipschitz * half_diagonal
     if dilation > 0 and marked.any():
         marked = ndimage.binary_dilation(marked, structure=np.ones((3, 3, 3), dtype=bool), iterations=dilation)
     return marked
+
+
+def default_coarse_factor(resolution: int) -> int:
+    """The smallest of 4, 8, 16, ... that keeps the finest coarse grid within `MAX_COARSE_CELLS` cells per axis."""
+    factor = 4
+    while math.ceil((int(resolution) - 1) / factor) > MAX_COARSE_CELLS:
+        factor *= 2
+    return factor
+
+
+def coarse_levels(resolution: int, coarse_factor: int, coarsest_cells: int = MIN_TOP_CELLS) -> List[Tuple[int, int]]:
+    """`(stride, num_cells)` of each coarse grid, finest first: strides `c, 2c, 4c, ...` in fine samples, until
+    the grid has fewer than `2 * coarsest_cells` cells per axis. A grid may reach past the box by less than a cell."""
+    levels = [(coarse_factor, math.ceil((resolution - 1) / coarse_factor))]
+    while levels[-1][1] >= 2 * coarsest_cells:
+        stride, num_cells = levels[-1]
+        levels.append((2 * stride, math.ceil(num_cells / 2)))
+    return levels
 
 
 def _interpolation_matrix(num_fine: int, num_coarse: int, factor: int) -> Float[np.ndarray, "num_fine num_coarse"]:
@@ -259,17 +369,92 @@ def _interpolation_matrix(num_fine: int, num_coarse: int, factor: int) -> Float[
     return matrix
 
 
-def _edge_keys(vertices_local: Float[np.ndarray, "num 3"], offset: np.ndarray, resolution: int) -> Int[np.ndarray, "num"]:
-    """Integer id of the grid edge a marching-cubes vertex lies on (or of the sample, if it lies on one).
+def _fill_from_coarse(
+    coarse_values: np.ndarray, factor: int, start: np.ndarray, stop: np.ndarray
+) -> Float[np.ndarray, "bx by bz"]:
+    """Trilinear interpolation of the coarse grid at the fine samples `start..stop` (inclusive; `start` a multiple
+    of `factor`)."""
+    first = start // factor
+    last = -(-stop // factor)
+    window = coarse_values[first[0] : last[0] + 1, first[1] : last[1] + 1, first[2] : last[2] + 1].astype(np.float64)
+    for axis in range(3):
+        matrix = _interpolation_matrix(int(stop[axis] - start[axis]) + 1, window.shape[axis], factor)
+        window = np.moveaxis(np.tensordot(matrix, window, axes=([1], [axis])), 0, axis)
+    return window.astype(np.float32)
 
-    A vertex has two integral coordinates and one fractional one, along its edge; blocks that share an edge
-    share its block index along that axis, so they compute the fractional coordinate bit for bit alike.
+
+def _needed_samples(
+    marked_padded: np.ndarray, factor: int, start: np.ndarray, stop: np.ndarray
+) -> Bool[np.ndarray, "bx by bz"]:
+    """Fine samples `start..stop` (inclusive) that are a corner of some marked coarse cell.
+
+    Sample `k` belongs to the coarse cells `(k - 1) // c` and `k // c` along each axis (the same cell unless `k`
+    is a multiple of `c`); `marked_padded` has one unmarked cell on every side so both always exist.
     """
-    floor = np.floor(vertices_local)
-    fractional = vertices_local != floor
-    axis = np.where(fractional.any(axis=1), np.argmax(fractional, axis=1), 3)
-    base = floor.astype(np.int64) + offset
-    return ((base[:, 0] * resolution + base[:, 1]) * resolution + base[:, 2]) * 4 + axis
+    cells = []
+    for axis in range(3):
+        k = np.arange(start[axis], stop[axis] + 1)
+        cells.append(((k - 1) // factor + 1, k // factor + 1))
+    (lo_x, hi_x), (lo_y, hi_y), (lo_z, hi_z) = cells
+    window = marked_padded[lo_x[0] : hi_x[-1] + 1, lo_y[0] : hi_y[-1] + 1, lo_z[0] : hi_z[-1] + 1]
+    lo_x, hi_x, lo_y, hi_y, lo_z, hi_z = lo_x - lo_x[0], hi_x - lo_x[0], lo_y - lo_y[0], hi_y - lo_y[0], lo_z - lo_z[0], hi_z - lo_z[0]
+    needed = window[lo_x] | window[hi_x]
+    needed = needed[:, lo_y] | needed[:, hi_y]
+    return needed[:, :, lo_z] | needed[:, :, hi_z]
+
+
+@dataclass
+class _Refinement:
+    """What every level of the coarse hierarchy needs to know."""
+
+    field: _CountingField
+    bbox_min: np.ndarray
+    spacing: np.ndarray
+    level: float
+    dilation: int
+    sdf_lipschitz: Optional[float]
+    bar: Progress
+
+    def marks(self, values: np.ndarray, stride: int) -> np.ndarray:
+        return mark_cells(values, self.level, self.dilation, self.sdf_lipschitz, self.spacing * stride)
+
+
+def _level_values(refinement: _Refinement, levels: List[Tuple[int, int]], index: int) -> Float[np.ndarray, "n n n"]:
+    """Values of the coarse grid `levels[index]`: the field near the surface, interpolation elsewhere."""
+    stride, num_cells = levels[index]
+    if index == len(levels) - 1:
+        task = refinement.bar.add_task(f"coarse grid {num_cells + 1}^3", total=1)
+        values = _dense_values(refinement.field, refinement.bbox_min, refinement.spacing, stride, num_cells + 1)
+        refinement.bar.update(task, completed=1)
+        _check_crossing(values, refinement.level, f"coarse grid of {num_cells + 1}^3 samples")
+        return values
+    coarse_stride, _ = levels[index + 1]
+    coarse_values = _level_values(refinement, levels, index + 1)
+    factor = coarse_stride // stride
+    marked_padded = np.pad(refinement.marks(coarse_values, coarse_stride), 1)
+    values = np.empty((num_cells + 1,) * 3, dtype=np.float32)
+    # x-slabs of coarse cells, each about 2^22 samples, so the interpolation's float64 temporaries stay small
+    cells_per_slab = max(1, 2**22 // ((num_cells + 1) ** 2 * factor))
+    num_coarse_cells = math.ceil(num_cells / factor)
+    task = refinement.bar.add_task(f"coarse grid {num_cells + 1}^3", total=num_coarse_cells)
+    written_up_to = -1
+    for first_cell in range(0, num_coarse_cells, cells_per_slab):
+        start = np.array([first_cell * factor, 0, 0])
+        stop = np.array([min((first_cell + cells_per_slab) * factor, num_cells), num_cells, num_cells])
+        volume = _fill_from_coarse(coarse_values, factor, start, stop)
+        needed = _needed_samples(marked_padded, factor, start, stop)
+        shared = written_up_to - start[0] + 1  # planes the previous slab has already evaluated
+        if shared > 0:
+            volume[:shared] = values[start[0] : start[0] + shared]
+            needed[:shared] = False
+        index_needed = np.argwhere(needed) + start
+        if len(index_needed):
+            points = _index_to_world(index_needed * stride, refinement.bbox_min, refinement.spacing)
+            volume[needed] = refinement.field(points)
+        values[start[0] : stop[0] + 1] = volume
+        written_up_to = int(stop[0])
+        refinement.bar.update(task, completed=min(first_cell + cells_per_slab, num_coarse_cells))
+    return values
 
 
 @dataclass
@@ -297,7 +482,7 @@ class _BlockGrid:
         start = np.asarray(block, dtype=np.int64) * self.block_resolution
         return start, np.minimum(start + self.block_resolution, self.num_cells)
 
-    def owner(self, index: Int[np.ndarray, "num 3"]) -> Int[np.ndarray, "num"]:
+    def owner(self, index: Int[np.ndarray, "num 3"]) -> Int[np.ndarray, " num"]:
         """Flat id of the block owning each sample: the block whose half-open range holds it."""
         block = np.minimum(index // self.block_resolution, self.num_blocks - 1)
         return (block[:, 0] * self.num_blocks + block[:, 1]) * self.num_blocks + block[:, 2]
@@ -312,52 +497,6 @@ class _BlockGrid:
                     yield bx, by, bz
 
 
-def _coarse_values(field: _CountingField, grid: _BlockGrid, bbox_min: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """The field at every `coarse_factor`-th fine sample; the last coarse sample may lie past the box."""
-    coarse_index = np.arange(grid.num_coarse_cells + 1) * grid.coarse_factor
-    size = len(coarse_index)
-    values = np.empty((size,) * 3, dtype=np.float32)
-    slab_index = _lattice(np.zeros(1, dtype=np.int64), coarse_index, coarse_index)
-    slabs_per_chunk = max(1, field.chunk_size // size**2)
-    for start in range(0, size, slabs_per_chunk):
-        stop = min(start + slabs_per_chunk, size)
-        index = np.concatenate([slab_index + [coarse_index[i], 0, 0] for i in range(start, stop)])
-        values[start:stop] = field(_index_to_world(index, bbox_min, spacing)).reshape(stop - start, size, size)
-    return values
-
-
-def _needed_samples(
-    marked_padded: np.ndarray, grid: _BlockGrid, start: np.ndarray, stop: np.ndarray
-) -> Bool[np.ndarray, "bx by bz"]:
-    """Fine samples of the block `[start, stop]` that are a corner of some marked coarse cell.
-
-    Sample `k` belongs to the coarse cells `(k - 1) // c` and `k // c` along each axis (the same cell unless `k`
-    is a multiple of `c`); `marked_padded` has one unmarked cell on every side so both always exist.
-    """
-    cells = []
-    for axis in range(3):
-        k = np.arange(start[axis], stop[axis] + 1)
-        cells.append(((k - 1) // grid.coarse_factor + 1, k // grid.coarse_factor + 1))
-    (lo_x, hi_x), (lo_y, hi_y), (lo_z, hi_z) = cells
-    window = marked_padded[lo_x[0] : hi_x[-1] + 1, lo_y[0] : hi_y[-1] + 1, lo_z[0] : hi_z[-1] + 1]
-    lo_x, hi_x, lo_y, hi_y, lo_z, hi_z = lo_x - lo_x[0], hi_x - lo_x[0], lo_y - lo_y[0], hi_y - lo_y[0], lo_z - lo_z[0], hi_z - lo_z[0]
-    needed = window[lo_x] | window[hi_x]
-    needed = needed[:, lo_y] | needed[:, hi_y]
-    return needed[:, :, lo_z] | needed[:, :, hi_z]
-
-
-def _fill_from_coarse(coarse_values: np.ndarray, grid: _BlockGrid, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of the coarse grid at the fine samples of a block."""
-    c = grid.coarse_factor
-    first = start // c
-    last = -(-stop // c)
-    window = coarse_values[first[0] : last[0] + 1, first[1] : last[1] + 1, first[2] : last[2] + 1].astype(np.float64)
-    for axis in range(3):
-        matrix = _interpolation_matrix(int(stop[axis] - start[axis]) + 1, window.shape[axis], c)
-        window = np.moveaxis(np.tensordot(matrix, window, axes=([1], [axis])), 0, axis)
-    return window.astype(np.float32)
-
-
 class _BoundaryCache:
     """Values of block-boundary samples, kept by the block that owns them until that block has been passed.
 
@@ -368,7 +507,7 @@ class _BoundaryCache:
     def __init__(self) -> None:
         self.entries: Dict[int, List[Tuple[np.ndarray, np.ndarray]]] = {}
 
-    def lookup(self, owners: Sequence[int], keys: Int[np.ndarray, "num"]) -> Tuple[np.ndarray, np.ndarray]:
+    def lookup(self, owners: Sequence[int], keys: Int[np.ndarray, " num"]) -> Tuple[np.ndarray, np.ndarray]:
         """`(found, values)` for sample keys among the entries of the given owners."""
         stored = [entry for owner in owners for entry in self.entries.get(owner, [])]
         found = np.zeros(len(keys), dtype=bool)
@@ -384,7 +523,7 @@ class _BoundaryCache:
         values[found] = stored_values[position[found]]
         return found, values
 
-    def store(self, owners: Int[np.ndarray, "num"], keys: Int[np.ndarray, "num"], values: np.ndarray) -> None:
+    def store(self, owners: Int[np.ndarray, " num"], keys: Int[np.ndarray, " num"], values: np.ndarray) -> None:
         for owner in np.unique(owners):
             mine = owners == owner
             self.entries.setdefault(int(owner), []).append((keys[mine], values[mine]))
@@ -400,9 +539,10 @@ def extract_level_set(
     resolution: int,
     level: float = 0.0,
     block_resolution: int = 64,
-    coarse_factor: int = 4,
+    coarse_factor: Optional[int] = None,
     dilation: int = 1,
     sdf_lipschitz: Optional[float] = None,
+    coarsest_cells: int = MIN_TOP_CELLS,
     device: Union[str, torch.device] = "cpu",
     chunk_size: int = 2**18,
     progress: bool = True,
@@ -415,10 +555,13 @@ def extract_level_set(
         resolution: fine samples per axis (any value >= 2; the voxel is `(bbox_max - bbox_min) / (resolution - 1)`).
         level: the level set to extract.
         block_resolution: fine cells per block side; a multiple of `coarse_factor`.
-        coarse_factor: fine cells per coarse cell side.
-        dilation: coarse cells added around the cells that straddle the level.
+        coarse_factor: fine cells per cell of the finest coarse grid; by default 4, or more above resolution
+            1025 so that this grid keeps at most 256 cells per axis.
+        dilation: coarse cells added around the cells that straddle the level, on every coarse grid.
         sdf_lipschitz: the field's Lipschitz constant if it is an SDF (1 for an exact SDF); marks cells that a
             crossing could reach, making the search exhaustive. Leave None for occupancy logits.
+        coarsest_cells: the coarsest grid, evaluated everywhere, has from this to twice this many cells per axis
+            (fewer when the finest coarse grid has fewer); finer features than its cells may be missed.
         device: where the query points are sent.
         chunk_size: points per call of `level_fn`.
         progress: show a progress bar on stderr.
@@ -428,22 +571,25 @@ def extract_level_set(
         `ExtractionStats` in `mesh.metadata[STATS_KEY]`.
 
     Raises:
-        UserInputError: the field does not cross the level on the coarse grid, or is not finite there.
+        UserInputError: the field does not cross the level, or is NaN where it is sampled.
     """
     started = time.perf_counter()
     bbox_min_np, spacing = _box(bbox_min, bbox_max, resolution)
-    if coarse_factor < 1 or block_resolution < coarse_factor or block_resolution % coarse_factor:
-        raise UserInputError(f"block_resolution ({block_resolution}) must be a positive multiple of coarse_factor ({coarse_factor}).")
-    grid = _BlockGrid(int(resolution), int(block_resolution), int(coarse_factor))
+    resolution = int(resolution)
+    coarse_factor = default_coarse_factor(resolution) if coarse_factor is None else int(coarse_factor)
+    if coarse_factor < 2:
+        raise UserInputError(f"the coarse factor must be at least 2, got {coarse_factor}.")
+    if block_resolution < coarse_factor or block_resolution % coarse_factor:
+        block_resolution = coarse_factor * max(1, round(block_resolution / coarse_factor))
+    grid = _BlockGrid(resolution, int(block_resolution), coarse_factor)
     field = _CountingField(level_fn, device, chunk_size)
+    levels = coarse_levels(resolution, coarse_factor, coarsest_cells)
 
     with _progress(progress) as bar:
-        coarse_task = bar.add_task("coarse grid", total=1)
-        coarse_values = _coarse_values(field, grid, bbox_min_np, spacing)
-        bar.update(coarse_task, completed=1)
+        refinement = _Refinement(field, bbox_min_np, spacing, level, dilation, sdf_lipschitz, bar)
+        coarse_values = _level_values(refinement, levels, 0)
         num_coarse_queries = field.num_queries
-        _check_values(coarse_values, level, "coarse grid")
-        marked = mark_cells(coarse_values, level, dilation, sdf_lipschitz, spacing * grid.coarse_factor)
+        marked = refinement.marks(coarse_values, coarse_factor)
         marked_padded = np.pad(marked, 1)
 
         cells_per_block = grid.block_resolution // grid.coarse_factor
@@ -452,44 +598,33 @@ def extract_level_set(
         marked_blocks = marked_blocks.reshape([grid.num_blocks, cells_per_block] * 3).any(axis=(1, 3, 5))
 
         cache = _BoundaryCache()
-        keys_per_block: List[np.ndarray] = []
         vertices_per_block: List[np.ndarray] = []
         faces_per_block: List[np.ndarray] = []
         num_vertices = 0
-        fine_task = bar.add_task("fine blocks", total=int(marked_blocks.sum()))
+        fine_task = bar.add_task(f"fine blocks ({resolution}^3)", total=int(marked_blocks.sum()))
         for block in grid.blocks():
-            block_id = grid.flat_id(block)
             if marked_blocks[block]:
                 volume = _evaluate_block(field, grid, block, coarse_values, marked_padded, cache, bbox_min_np, spacing)
-                if volume.min() <= level <= volume.max():
-                    try:
-                        vertices_local, faces, _, _ = marching_cubes(volume, level=level, allow_degenerate=False)
-                    except RuntimeError:  # touches the level without crossing it
-                        vertices_local = np.zeros((0, 3))
-                    if len(vertices_local):
-                        start, _ = grid.block_range(block)
-                        keys_per_block.append(_edge_keys(vertices_local, start, grid.resolution))
-                        vertices_per_block.append(vertices_local.astype(np.float64) + start)
-                        faces_per_block.append(faces + num_vertices)
-                        num_vertices += len(vertices_local)
+                vertices_local, faces = _marching_cubes(volume, level)
+                if len(faces):
+                    start, _ = grid.block_range(block)
+                    vertices_per_block.append(vertices_local + start)
+                    faces_per_block.append(faces + num_vertices)
+                    num_vertices += len(vertices_local)
                 bar.advance(fine_task)
-            cache.release(block_id)
+            cache.release(grid.flat_id(block))
 
     if not faces_per_block:
         low, high = float(coarse_values.min()), float(coarse_values.max())
         raise UserInputError(
             f"the field never crosses level {level:g} on the fine grid (coarse min {low:.3g}, max {high:.3g}): "
-            "the model has no surface there; train longer or check --bbox."
+            "the model has no surface there; train longer or check the bounding box."
         )
-    keys = np.concatenate(keys_per_block)
-    unique_keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    vertices_index = np.concatenate(vertices_per_block)[first]
-    faces = inverse.reshape(-1)[np.concatenate(faces_per_block)]
-    # vertices that sit exactly on a sample collapse into one, which can leave a degenerate face
-    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+    vertices_index, faces = _weld(np.concatenate(vertices_per_block), np.concatenate(faces_per_block), resolution)
     stats = ExtractionStats(
-        resolution=grid.resolution,
-        coarse_factor=grid.coarse_factor,
+        resolution=resolution,
+        coarse_factor=coarse_factor,
+        coarse_resolutions=tuple(num_cells + 1 for _, num_cells in reversed(levels)),
         num_coarse_queries=num_coarse_queries,
         num_fine_queries=field.num_queries - num_coarse_queries,
         blocks_visited=int(marked_blocks.sum()),
@@ -511,8 +646,8 @@ def _evaluate_block(
 ) -> Float[np.ndarray, "bx by bz"]:
     """The block's volume for marching cubes: field values where needed, coarse interpolation elsewhere."""
     start, stop = grid.block_range(block)
-    volume = _fill_from_coarse(coarse_values, grid, start, stop)
-    needed = _needed_samples(marked_padded, grid, start, stop)
+    volume = _fill_from_coarse(coarse_values, grid.coarse_factor, start, stop)
+    needed = _needed_samples(marked_padded, grid.coarse_factor, start, stop)
     index = np.argwhere(needed) + start
     keys = (index[:, 0] * grid.resolution + index[:, 1]) * grid.resolution + index[:, 2]
     neighbours = [
@@ -532,125 +667,3 @@ def _evaluate_block(
             cache.store(owners[shared], keys[missing][shared], values[missing][shared])
     volume[needed] = values
     return volume
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# post-processing
-
-
-def keep_largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """The connected component (faces joined through shared vertices) with the most faces."""
-    if len(mesh.faces) == 0:
-        return mesh.copy()
-    edges = np.concatenate([mesh.faces[:, [0, 1]], mesh.faces[:, [1, 2]]])
-    ones = np.ones(len(edges), dtype=np.int8)
-    adjacency = coo_matrix((ones, (edges[:, 0], edges[:, 1])), shape=(len(mesh.vertices),) * 2)
-    _, vertex_component = connected_components(adjacency, directed=False)
-    face_component = vertex_component[mesh.faces[:, 0]]
-    largest = np.argmax(np.bincount(face_component))
-    return _submesh(mesh, face_component == largest)
-
-
-def _submesh(mesh: trimesh.Trimesh, face_mask: Bool[np.ndarray, "num_faces"]) -> trimesh.Trimesh:
-    """The faces in `face_mask` with the vertices they use (colours and metadata carried along)."""
-    faces = mesh.faces[face_mask]
-    used = np.unique(faces)
-    remap = np.full(len(mesh.vertices), -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    vertex_colors = None
-    if mesh.visual.kind == "vertex":
-        vertex_colors = np.asarray(mesh.visual.vertex_colors)[used]
-    result = trimesh.Trimesh(mesh.vertices[used], remap[faces], vertex_colors=vertex_colors, process=False)
-    result.metadata.update(mesh.metadata)
-    return result
-
-
-def transform_mesh(mesh: trimesh.Trimesh, matrix: Float[np.ndarray, "4 4"]) -> trimesh.Trimesh:
-    """A copy with vertices mapped by the homogeneous `matrix` (faces flipped if it mirrors, keeping normals outward)."""
-    result = mesh.copy()
-    result.apply_transform(np.asarray(matrix, dtype=np.float64))
-    return result
-
-
-def dilate_mask(mask: Bool[np.ndarray, "H W"], radius_px: float) -> Bool[np.ndarray, "H W"]:
-    """Pixels within `radius_px` (Euclidean) of the mask: dilation by a disk."""
-    mask = np.asarray(mask, dtype=bool)
-    if radius_px <= 0 or not mask.any():
-        return mask
-    return ndimage.distance_transform_edt(~mask) <= radius_px
-
-
-def project_points(
-    points_world: Float[np.ndarray, "num 3"], intrinsics: Float[np.ndarray, "3 3"], c2w_opencv: Float[np.ndarray, "3or4 4"]
-) -> Tuple[Float[np.ndarray, "num 2"], Float[np.ndarray, "num"]]:
-    """Pixel coordinates `(u, v)` (pixel centres at integers) and depth `z` of points in an OpenCV camera.
-
-    With `c2w = [R | t]`: `x_cam = R^T (x_world - t)`, `(u, v) = (K x_cam)_{xy} / z`.
-    """
-    rotation, center = c2w_opencv[:3, :3], c2w_opencv[:3, 3]
-    points_camera = (points_world - center) @ rotation
-    depth = points_camera[:, 2]
-    projected = points_camera @ np.asarray(intrinsics).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pixels = projected[:, :2] / depth[:, None]
-    return pixels, depth
-
-
-def cull_by_cameras(
-    mesh: trimesh.Trimesh,
-    intrinsics: Float[np.ndarray, "num_views 3 3"],
-    c2w_opencv: Float[np.ndarray, "num_views 4 4"],
-    image_sizes: Union[Tuple[int, int], Int[np.ndarray, "num_views 2"]],
-    masks: Optional[Sequence[Bool[np.ndarray, "H W"]]] = None,
-    dilation_px: float = 0.0,
-    min_views: int = 1,
-) -> trimesh.Trimesh:
-    """Remove what the cameras cannot vouch for.
-
-    A vertex is seen by a view when it lies in front of the camera and projects inside the image. It is kept
-    when at least `min_views` views see it and, if masks are given, it falls inside the mask (dilated by
-    `dilation_px` pixels) of every view that sees it: the visual hull rule of the usual DTU evaluation.
-    A face is kept when its three vertices are.
-
-    Cameras are OpenCV (x right, y down, z forward) camera-to-world matrices in the mesh's coordinates; from
-    nerfstudio's OpenGL `camera_to_worlds` use `c2w @ diag(1, -1, -1, 1)`. `image_sizes` are `(width, height)`,
-    one per view or one for all; masks are `(height, width)` arrays, nonzero inside.
-    """
-    intrinsics = np.asarray(intrinsics, dtype=np.float64).reshape(-1, 3, 3)
-    c2w_opencv = np.asarray(c2w_opencv, dtype=np.float64)
-    sizes = np.broadcast_to(np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2), (len(intrinsics), 2))
-    if masks is not None and len(masks) != len(intrinsics):
-        raise UserInputError(f"{len(masks)} masks were given for {len(intrinsics)} cameras; give one mask per camera.")
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    views_seeing = np.zeros(len(vertices), dtype=np.int64)
-    outside_a_mask = np.zeros(len(vertices), dtype=bool)
-    for view in range(len(intrinsics)):
-        width, height = (int(s) for s in sizes[view])
-        pixels, depth = project_points(vertices, intrinsics[view], c2w_opencv[view])
-        in_front = depth > 1e-8
-        column = np.floor(np.where(in_front, pixels[:, 0], -1.0) + 0.5)
-        row = np.floor(np.where(in_front, pixels[:, 1], -1.0) + 0.5)
-        seen = in_front & (column >= 0) & (column < width) & (row >= 0) & (row < height)
-        views_seeing += seen
-        if masks is not None:
-            mask = dilate_mask(np.asarray(masks[view]) > 0, dilation_px)
-            if mask.shape != (height, width):
-                raise UserInputError(f"mask {view} is {mask.shape[1]}x{mask.shape[0]} but its image is {width}x{height}; masks must match the images.")
-            seen_index = np.flatnonzero(seen)
-            inside = mask[row[seen_index].astype(np.int64), column[seen_index].astype(np.int64)]
-            outside_a_mask[seen_index[~inside]] = True
-    keep_vertex = (views_seeing >= min_views) & ~outside_a_mask
-    return _submesh(mesh, keep_vertex[mesh.faces].all(axis=1))
-
-
-MESH_SUFFIXES = (".ply", ".obj", ".glb")
-
-
-def export_mesh(mesh: trimesh.Trimesh, path: Union[str, Path]) -> Path:
-    """Write `.ply`, `.obj` or `.glb` (chosen by the suffix), creating the folder."""
-    path = Path(path)
-    if path.suffix.lower() not in MESH_SUFFIXES:
-        raise UserInputError(f"{path}: unknown mesh format '{path.suffix}'; use one of {', '.join(MESH_SUFFIXES)}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mesh.export(path)
-    return path

@@ -1,14 +1,36 @@
-"""The surface of a trained model: its level set extracted in the training space, mapped to the data's units."""
+"""The surface of a trained model: its level set extracted in the training space, coloured by the radiance
+network, culled by the training views, and mapped to the data's units."""
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import trimesh
+from jaxtyping import Float, UInt8
+from PIL import Image
 
-from neurecon_ns.mesh.extract import extract_level_set, transform_mesh
+from neurecon_ns.errors import UserInputError
+from neurecon_ns.mesh.extract import extract_level_set, extract_level_set_dense, transform_mesh
+from neurecon_ns.mesh.postprocess import cull_by_cameras
+
+OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
+"""Right-multiplying a camera-to-world matrix by this flips its y and z axes (OpenGL <-> OpenCV)."""
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def sphere_box(model, resolution: int, radius: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The cube around the model's sphere (`sphere_radius`, or `radius`), one voxel wider on every side so
+    that a surface touching the sphere is still closed."""
+    radius = float(model.config.sphere_radius if radius is None else radius)
+    radius = radius * (1.0 + 2.0 / max(int(resolution) - 1, 1))
+    return np.full(3, -radius), np.full(3, radius)
 
 
 def extract_model_surface(
@@ -18,30 +40,123 @@ def extract_model_surface(
     unit_to_data: Optional[np.ndarray] = None,
     chunk_size: int = 2**16,
     progress: bool = False,
+    bbox_min: Optional[Sequence[float]] = None,
+    bbox_max: Optional[Sequence[float]] = None,
+    level: float = 0.0,
+    dense: bool = False,
+    **coarse_to_fine,
 ) -> trimesh.Trimesh:
-    """Zero level set of `model.level_set` (negative inside) in the cube `[-r, r]^3` of the training space.
+    """Level set `model.level_set = level` (negative inside) in a box of the training space.
 
-    `r` defaults to the model's `sphere_radius` plus one voxel, so a surface touching the sphere is closed.
-    With `unit_to_data` (a 4x4 map, e.g. `LoadedRun.unit_to_data`) the mesh is returned in the data's units.
+    The box is `[bbox_min, bbox_max]` when given, else the cube around the model's sphere of radius
+    `bbox_radius` (default: `sphere_radius`). With `unit_to_data` (a 4x4 map, e.g. `LoadedRun.unit_to_data`)
+    the mesh is returned in the data's units. `dense` uses the dense reference path; other keyword arguments
+    go to `extract_level_set` (coarse_factor, block_resolution, dilation, sdf_lipschitz).
     """
-    radius = model.config.sphere_radius if bbox_radius is None else bbox_radius
-    radius = radius * (1.0 + 2.0 / resolution)
-    device = next(model.parameters()).device
+    if (bbox_min is None) != (bbox_max is None):
+        raise UserInputError("give both corners of the bounding box (--bbox-min and --bbox-max) or neither.")
+    if bbox_min is None:
+        bbox_min, bbox_max = sphere_box(model, resolution, bbox_radius)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            mesh = extract_level_set(
-                model.level_set,
-                [-radius] * 3,
-                [radius] * 3,
-                resolution,
-                device=device,
-                chunk_size=chunk_size,
-                progress=progress,
-            )
+            if dense:
+                mesh = extract_level_set_dense(
+                    model.level_set, bbox_min, bbox_max, resolution, level, device, chunk_size, progress
+                )
+            else:
+                mesh = extract_level_set(
+                    model.level_set,
+                    bbox_min,
+                    bbox_max,
+                    resolution,
+                    level=level,
+                    device=device,
+                    chunk_size=chunk_size,
+                    progress=progress,
+                    **coarse_to_fine,
+                )
     finally:
         model.train(was_training)
     if unit_to_data is not None:
         mesh = transform_mesh(mesh, unit_to_data)
     return mesh
+
+
+def vertex_colors(
+    model, vertices_unit: Float[np.ndarray, "num_vertices 3"], chunk_size: int = 2**15
+) -> UInt8[np.ndarray, "num_vertices 4"]:
+    """RGBA colours from the radiance network, each vertex seen head-on: the view direction is the opposite of
+    the outward surface normal (the convention of IDR and neurecon)."""
+    device = model_device(model)
+    colors = np.empty((len(vertices_unit), 4), dtype=np.uint8)
+    colors[:, 3] = 255
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(vertices_unit), chunk_size):
+            points = torch.as_tensor(vertices_unit[start : start + chunk_size], dtype=torch.float32, device=device)
+            _, features, gradient = model.field.get_level_value_and_gradient(points)
+            view_directions = -model.surface_normals(gradient)
+            with torch.no_grad():
+                rgb = model.field.get_colors(points, view_directions, gradient, features)
+            rgb_uint8 = (rgb.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+            colors[start : start + len(points), :3] = rgb_uint8
+    finally:
+        model.train(was_training)
+    return colors
+
+
+@dataclass
+class TrainingViews:
+    """The training cameras of a run, in its training space, as the culling needs them."""
+
+    intrinsics: Float[np.ndarray, "num_views 3 3"]
+    c2w_opencv: Float[np.ndarray, "num_views 4 4"]
+    image_sizes: np.ndarray
+    """`(width, height)` per view."""
+    mask_paths: Optional[List[Path]]
+    """Foreground masks, one per view, when the data has them."""
+
+    def load_masks(self) -> List[np.ndarray]:
+        assert self.mask_paths is not None
+        masks = []
+        for path in self.mask_paths:
+            with Image.open(path) as image:
+                masks.append(np.asarray(image.convert("L")) > 127)
+        return masks
+
+
+def training_views(dataparser_outputs) -> TrainingViews:
+    """Cameras (nerfstudio's OpenGL poses turned to OpenCV) and masks of a run's training split."""
+    cameras = dataparser_outputs.cameras
+    num_views = len(cameras)
+    c2w = np.tile(np.eye(4), (num_views, 1, 1))
+    c2w[:, :3, :4] = cameras.camera_to_worlds.detach().cpu().numpy()
+    intrinsics = np.tile(np.eye(3), (num_views, 1, 1))
+    intrinsics[:, 0, 0] = cameras.fx.reshape(-1).cpu().numpy()
+    intrinsics[:, 1, 1] = cameras.fy.reshape(-1).cpu().numpy()
+    intrinsics[:, 0, 2] = cameras.cx.reshape(-1).cpu().numpy()
+    intrinsics[:, 1, 2] = cameras.cy.reshape(-1).cpu().numpy()
+    sizes = np.stack([cameras.width.reshape(-1).cpu().numpy(), cameras.height.reshape(-1).cpu().numpy()], axis=-1)
+    metadata = dataparser_outputs.metadata or {}
+    mask_paths = metadata.get("fg_mask_filenames") or dataparser_outputs.mask_filenames
+    return TrainingViews(
+        intrinsics=intrinsics,
+        c2w_opencv=c2w @ OPENGL_TO_OPENCV,
+        image_sizes=sizes.astype(np.int64),
+        mask_paths=[Path(p) for p in mask_paths] if mask_paths else None,
+    )
+
+
+def cull_to_training_views(
+    mesh_unit: trimesh.Trimesh, views: TrainingViews, use_masks: bool = True, mask_dilation_px: float = 0.0
+) -> trimesh.Trimesh:
+    """Faces seen by at least one training view and, with masks, inside the (dilated) mask of every view that
+    sees them; the mesh must be in the training space."""
+    masks = views.load_masks() if use_masks and views.mask_paths is not None else None
+    return cull_by_cameras(
+        mesh_unit, views.intrinsics, views.c2w_opencv, views.image_sizes, masks, mask_dilation_px, min_views=1
+    )

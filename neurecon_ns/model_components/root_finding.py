@@ -6,7 +6,7 @@ UNISURF), evaluate it without its gradient, and work on rays `o + t d` with per-
 `[t_near, t_far]` of shape `[num_rays, 1]`.
 
 - `find_first_root`: UNISURF sec. 3.3. `f` is evaluated at evenly spaced steps, the first step
-  pair that goes from outside to inside brackets the surface, and the secant method refines it.
+  pair that goes from outside to inside brackets the surface, and secant steps refine it.
   It needs no distance property, so it serves occupancy fields (and SDFs).
 - `sphere_trace`: `t <- t + f(o + t d)` (Hart 1996), which cannot step through the surface while
   `f` underestimates the distance to it; fast for SDFs, meaningless for an occupancy logit.
@@ -54,19 +54,26 @@ def secant_refine(
     value_inside: Float[Tensor, "num_rays 1"],
     num_steps: int,
 ) -> Float[Tensor, "num_rays 1"]:
-    """Secant method on a bracket `f(t_out) > 0 >= f(t_in)`, keeping the bracket (regula falsi).
+    """Secant steps on a bracket `f(t_out) > 0 >= f(t_in)` that keep the bracket (regula falsi, Illinois variant).
 
     Each step evaluates `f` at the secant estimate and replaces the end of the same sign, so the
-    estimate never leaves `[t_out, t_in]`; the returned `t` is the last estimate.
+    estimate never leaves `[t_out, t_in]`. Where the same end is replaced twice in a row, the value
+    kept at the other end is halved (the Illinois rule): plain regula falsi then keeps one end fixed
+    and converges slowly on a curved `f`. The returned `t` is the last estimate.
     """
     t_root = secant_step(t_outside, t_inside, value_outside, value_inside)
+    replaced_outside_before = torch.zeros_like(t_root, dtype=torch.bool)
+    replaced_inside_before = torch.zeros_like(t_root, dtype=torch.bool)
     for _ in range(num_steps):
         value_root = level_fn(origins + t_root * directions)[..., None]
         outside = value_root > 0
+        value_inside = torch.where(outside & replaced_outside_before, value_inside / 2, value_inside)
+        value_outside = torch.where(~outside & replaced_inside_before, value_outside / 2, value_outside)
         t_outside = torch.where(outside, t_root, t_outside)
         value_outside = torch.where(outside, value_root, value_outside)
         t_inside = torch.where(outside, t_inside, t_root)
         value_inside = torch.where(outside, value_inside, value_root)
+        replaced_outside_before, replaced_inside_before = outside, ~outside
         t_root = secant_step(t_outside, t_inside, value_outside, value_inside)
     return t_root
 

@@ -221,13 +221,14 @@ class UnisurfSamplerConfig(InstantiateConfig):
 
 
 class UnisurfSampler(nn.Module):
-    """Sections from the near bound to the end of the interval around the first surface crossing.
+    """Samples around the first surface crossing and in the free space in front of it (sec. 3.3).
 
-    With `t_s` the root of the level function and `Delta` the current interval, a ray that hits gets
-    `num_free_space` edges in `[near, a)` and `num_interval` in `[a, b)`, `a = max(t_s - Delta, near)`,
-    `b = min(t_s + Delta, far)`; a ray without a hit gets as many edges over the whole `[near, far)`.
-    The surface found is passed on in `ray_samples.metadata` as `surface_t` and `surface_hit`
-    (shape `[num_rays, 1, 1]`). Where `a = near` the free-space sections have zero length.
+    With `t_s` the first root of the level function and `Delta` the current interval, the interval is
+    `[a, b)`, `a = max(t_s - Delta, near)`, `b = min(t_s + Delta, far)`. A ray that hits gets
+    `num_free_space` stratified samples in `[near, a)` and `num_interval` in `[a, b)`; where the interval
+    already starts at `near`, and on a ray without a hit (`[a, b) = [near, far)`), all
+    `num_free_space + num_interval` samples are stratified over `[a, b)`. The surface found is passed on in
+    `ray_samples.metadata` as `surface_t` and `surface_hit` (shape `[num_rays, 1, 1]`).
     """
 
     config: UnisurfSamplerConfig
@@ -257,17 +258,18 @@ class UnisurfSampler(nn.Module):
         nears, fars = ray_bundle.nears, ray_bundle.fars
         assert nears is not None and fars is not None
         surface_t, hit = self.find_surface(ray_bundle, level_fn)
-        free_share = config.num_free_space / (config.num_free_space + config.num_interval)
-        interval_start = torch.where(hit, torch.maximum(surface_t - interval, nears), nears + (fars - nears) * free_share)
+        interval_start = torch.where(hit, torch.maximum(surface_t - interval, nears), nears)
         interval_end = torch.where(hit, torch.minimum(surface_t + interval, fars), fars)
         jitter = config.jitter and self.training
-        t = torch.cat(
+        t_free_and_interval = torch.cat(
             [
                 stratified_t(nears, interval_start, config.num_free_space, jitter),
                 stratified_t(interval_start, interval_end, config.num_interval, jitter),
             ],
             dim=-1,
         )
+        t_interval_only = stratified_t(interval_start, interval_end, config.num_free_space + config.num_interval, jitter)
+        t = torch.where(interval_start > nears, t_free_and_interval, t_interval_only)
         ray_samples = sections_from_t(ray_bundle, t, interval_end - t[:, -1:])
         ray_samples.metadata = {
             **(ray_samples.metadata or {}),

@@ -59,8 +59,18 @@ def neus_alpha(
 
 
 def laplace_cdf(x: Tensor, beta: Union[Tensor, float]) -> Tensor:
-    """CDF of a zero-mean Laplace distribution with scale `beta` (VolSDF eq. 2)."""
-    return torch.where(x <= 0, 0.5 * torch.exp(x / beta), 1.0 - 0.5 * torch.exp(-x / beta))
+    """CDF of a zero-mean Laplace distribution with scale `beta` (VolSDF eq. 2):
+    `Psi_beta(x) = exp(x / beta) / 2` for `x <= 0` and `1 - exp(-x / beta) / 2` for `x > 0`.
+
+    Each branch sees only the inputs on its own side of 0 (0 elsewhere), so no exponent is ever
+    positive: a `torch.where` over the raw branches overflows in the unused one for small `beta`
+    and back-propagates NaN through it.
+    """
+    is_below = x <= 0
+    zero = torch.zeros_like(x)
+    below = 0.5 * torch.exp(torch.where(is_below, x, zero) / beta)
+    above = 1.0 - 0.5 * torch.exp(-torch.where(is_below, zero, x) / beta)
+    return torch.where(is_below, below, above)
 
 
 def volsdf_density(sdf: Tensor, beta: Union[Tensor, float]) -> Tensor:

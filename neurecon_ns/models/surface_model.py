@@ -221,6 +221,10 @@ class SurfaceModel(Model):
         directions = ray_samples.frustums.directions
         field_outputs = self.field(points, directions)
         alphas = self.get_alphas(ray_samples, field_outputs)
+        if self.config.background_model != "none":
+            # beyond the sphere the background network holds the scene (as in NeuS's renderer): a ray that
+            # misses the sphere, or a section past its far side, has no surface opacity
+            alphas = alphas * (points.norm(dim=-1, keepdim=True) < self.config.sphere_radius)
         weights = ray_samples.get_weights_and_transmittance_from_alphas(alphas, weights_only=True)
 
         accumulation = weights.sum(dim=-2)

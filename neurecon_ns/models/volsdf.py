@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Type
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from torch import Tensor, nn
@@ -91,9 +92,10 @@ class VolSDFModelConfig(SurfaceModelConfig):
     scene_sphere_radius: float = 3.0
     """Radius `R` of the scene sphere, in the training space (the object lies in the unit sphere; 3.0 as the authors use for DTU)."""
     num_eikonal_uniform_points: int = 1024
-    """Points drawn uniformly in the object's sphere for the eikonal loss, besides the ray samples: one per
-    ray of the paper's 1024-ray batch, as the authors do. They reach space the rays' samples miss (inside
-    the object, occluded parts) at about 1% of the samples' gradient cost."""
+    """Points drawn uniformly in the bounding volume for the eikonal loss, besides the ray samples: one per
+    ray of the paper's 1024-ray batch, as the authors do. The volume is the scene sphere when it is the
+    background (the SDF then models the background surfaces too), else the object's sphere. They reach
+    space the rays' samples miss (inside the object, occluded parts) at about 1% of the samples' gradient cost."""
 
 
 class VolSDFModel(SurfaceModel):
@@ -117,6 +119,12 @@ class VolSDFModel(SurfaceModel):
 
     def extra_field_parameters(self) -> List[Parameter]:
         return list(self.density.parameters())
+
+    def uniform_points_in_sphere(self, num_points: int) -> Float[Tensor, "num_points 3"]:
+        """Eikonal points, uniform in the ball the SDF is defined in: the scene sphere when it is the background."""
+        radius = self.config.scene_sphere_radius if self.config.scene_sphere_background else self.config.sphere_radius
+        directions = F.normalize(torch.randn(num_points, 3, device=self.device), dim=-1)
+        return directions * radius * torch.rand(num_points, 1, device=self.device) ** (1.0 / 3.0)
 
     def scene_sdf(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs"]:
         """The SDF the density is computed from: the field's, and the scene sphere's if it is on."""

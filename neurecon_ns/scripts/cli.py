@@ -13,7 +13,12 @@ import tyro
 
 # subcommand name -> (module, dataclass); modules are imported only when the CLI is built.
 SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
+    "camera-path": ("camera_path", "CameraPath"),
+    "demo": ("demo", "Demo"),
+    "eval-mesh": ("eval_mesh", "EvalMesh"),
+    "mesh": ("mesh", "Mesh"),
     "synth": ("synth", "Synth"),
+    "video": ("video", "Video"),
 }
 
 

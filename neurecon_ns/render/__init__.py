@@ -1,0 +1,1 @@
+"""Rendering what nerfstudio cannot: meshes along camera paths, camera-path previews, showcase videos."""

@@ -1,0 +1,113 @@
+"""`neurecon mesh`: the surface of a trained run as a triangle mesh, on CPU or GPU, at any resolution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Tuple
+
+import numpy as np
+from rich.console import Console
+
+from neurecon_ns.errors import UserInputError
+from neurecon_ns.mesh.extract import extraction_stats, keep_largest_component, transform_mesh
+from neurecon_ns.mesh.model_mesh import cull_to_training_views, extract_model_surface, training_views, vertex_colors
+from neurecon_ns.mesh.postprocess import check_mesh_path, export_mesh
+
+
+@dataclass
+class Mesh:
+    """Extract the zero level set of a run's SDF (or UNISURF's occupancy = 0.5) by coarse-to-fine marching cubes."""
+
+    load_config: Path
+    """The run's config.yml, as ns-train wrote it."""
+    output_path: Path = Path("mesh.ply")
+    """Where to write the mesh: .ply, .obj or .glb."""
+    resolution: int = 512
+    """Marching-cubes samples per axis of the bounding box (any value >= 2)."""
+    space: Literal["data", "unit"] = "data"
+    """Coordinates of the written mesh: "data", the data's own units (DTU: millimetres, through the data
+    parser's transform); "unit", the training space where the object lies in the unit sphere."""
+    region: Literal["sphere", "scene-box"] = "sphere"
+    """Bounding box when --bbox-min/--bbox-max are not given: the cube around the model's sphere, or the
+    run's scene box."""
+    bbox_min: Optional[Tuple[float, float, float]] = None
+    """Lower corner of the bounding box, in the training space."""
+    bbox_max: Optional[Tuple[float, float, float]] = None
+    """Upper corner of the bounding box, in the training space."""
+    vertex_colors: bool = False
+    """Colour each vertex with the radiance network, seen along its normal."""
+    cull_unseen: bool = False
+    """Remove faces that no training camera sees and, where the data has masks, faces outside the mask of a
+    view that sees them."""
+    mask_dilation_px: float = 0.0
+    """Grow the masks by this many pixels before --cull-unseen tests against them."""
+    keep_largest_component: bool = False
+    """Keep only the connected component with the most faces."""
+    level: float = 0.0
+    """Level of the level-set function to extract (0 is the surface)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the field is evaluated: "auto" is the GPU when there is one."""
+    chunk_size: int = 65536
+    """Points per field evaluation (lower it if the GPU runs out of memory)."""
+    dense: bool = False
+    """Evaluate every sample of the grid (the slow reference; memory grows as resolution^3)."""
+    coarse_factor: Optional[int] = None
+    """Fine cells per coarse cell (default 4; 8 or more above resolution 1025)."""
+    dilation: int = 1
+    """Coarse cells searched around each coarse cell the surface crosses."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def main(self) -> None:
+        console = Console()
+        check_mesh_path(self.output_path)
+        if self.resolution < 2:
+            raise UserInputError(f"--resolution {self.resolution}: give at least 2 samples per axis.")
+        if (self.bbox_min is None) != (self.bbox_max is None):
+            raise UserInputError("give both --bbox-min and --bbox-max, or neither.")
+        from neurecon_ns.runs import load_run
+
+        run = load_run(self.load_config, device=self.device)
+        model = run.model
+        outputs = run.pipeline.datamanager.train_dataparser_outputs
+        bbox_min, bbox_max = self.bbox_min, self.bbox_max
+        if bbox_min is None and self.region == "scene-box":
+            aabb = outputs.scene_box.aabb.detach().cpu().numpy().astype(np.float64)
+            bbox_min, bbox_max = aabb[0], aabb[1]
+
+        mesh = extract_model_surface(
+            model,
+            resolution=self.resolution,
+            chunk_size=self.chunk_size,
+            progress=self.progress,
+            bbox_min=bbox_min,
+            bbox_max=bbox_max,
+            level=self.level,
+            dense=self.dense,
+            **({} if self.dense else {"coarse_factor": self.coarse_factor, "dilation": self.dilation}),
+        )
+        stats = extraction_stats(mesh)
+        if self.cull_unseen:
+            mesh = cull_to_training_views(mesh, training_views(outputs), mask_dilation_px=self.mask_dilation_px)
+        if self.keep_largest_component:
+            mesh = keep_largest_component(mesh)
+        if len(mesh.faces) == 0:
+            raise UserInputError(
+                f"{self.load_config}: nothing of the surface is left after culling; run without --cull-unseen "
+                "or grow the masks with --mask-dilation-px."
+            )
+        if self.vertex_colors:
+            mesh.visual.vertex_colors = vertex_colors(model, np.asarray(mesh.vertices), self.chunk_size // 2)
+        if self.space == "data":
+            mesh = transform_mesh(mesh, run.unit_to_data)
+        path = export_mesh(mesh, self.output_path)
+
+        console.print(
+            f"{path}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+            f"{'data units' if self.space == 'data' else 'training space'}"
+        )
+        console.print(
+            f"  {stats.num_queries:,} field queries ({stats.num_dense_queries / max(stats.num_queries, 1):.1f}x fewer "
+            f"than dense {self.resolution}^3) in {stats.seconds:.1f} s on {run.config.machine.device_type}"
+        )
