@@ -1,5 +1,5 @@
 """The web viewer in a real browser: `ns-train neus-dtu --vis viewer` serves the page, headless Chromium opens it,
-connects over the websocket and shows the model's render in the viewport."""
+connects over the websocket and shows the model's render in the viewport. And the viewer's mesh preview button."""
 
 import os
 import shutil
@@ -11,17 +11,18 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="needs a Chromium binary on PATH (Debian: apt-get install chromium; .ci/setup installs it)"),
-]
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs a Chromium binary on PATH (Debian: apt-get install chromium; .ci/setup installs it)"
+)
 
 TINY_NEUS_VIEWER = [
     "--machine.device-type", "cpu",
@@ -95,6 +96,8 @@ def holds_a_render(pixels: np.ndarray) -> bool:
     return bool(header_is_dark and white_fraction < 0.2 and patch.std() > 2.0)
 
 
+@pytest.mark.slow
+@needs_chromium
 def test_viewer_page_shows_the_render(small_scene, tmp_path):
     port = free_port()
     log_path = tmp_path / "ns-train.log"
@@ -128,6 +131,7 @@ def test_viewer_page_shows_the_render(small_scene, tmp_path):
                 process.wait()
 
 
+@needs_chromium
 def test_empty_viser_page_is_not_taken_for_a_render(tmp_path):
     """The check above is not fooled by viser's page without a render."""
     import viser
@@ -139,3 +143,52 @@ def test_empty_viser_page_is_not_taken_for_a_render(tmp_path):
     finally:
         server.stop()
     assert not holds_a_render(pixels)
+
+
+class SphereModel(torch.nn.Module):
+    """Stands in for a surface model: the SDF of a sphere of radius 0.5 about (0.1, 0, 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(sphere_radius=1.0)
+        self.offset = torch.nn.Parameter(torch.tensor([0.1, 0.0, 0.0]))
+
+    def level_set(self, points):
+        return (points - self.offset).norm(dim=-1) - 0.5
+
+
+class RecordingScene:
+    def __init__(self):
+        self.meshes = {}
+
+    def add_mesh_simple(self, name, vertices, faces, **style):
+        self.meshes[name] = (vertices, faces)
+
+
+def test_mesh_preview_button_shows_the_surface_in_viewer_units():
+    from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
+
+    from neurecon_ns.render.viewer_mesh import MESH_NODE, MeshPreviewButton
+
+    model = SphereModel()
+    model.train()
+    button = MeshPreviewButton(model, resolution=32)
+    button.viser_server = SimpleNamespace(scene=RecordingScene())  # what install() records
+    button.cb_hook(button)
+    vertices, faces = button.viser_server.scene.meshes[MESH_NODE]
+    assert len(faces) > 100
+    # the viewer draws the training space scaled by VISER_NERFSTUDIO_SCALE_RATIO
+    radii = np.linalg.norm(vertices / VISER_NERFSTUDIO_SCALE_RATIO - [0.1, 0.0, 0.0], axis=1)
+    np.testing.assert_allclose(radii, 0.5, atol=0.01)
+    assert model.training, "the click must not switch the model out of training mode"
+
+
+def test_mesh_preview_button_without_a_surface_keeps_going():
+    from neurecon_ns.render.viewer_mesh import MeshPreviewButton
+
+    model = SphereModel()
+    model.level_set = lambda points: points.norm(dim=-1) + 1.0  # no zero crossing
+    button = MeshPreviewButton(model, resolution=16)
+    button.viser_server = SimpleNamespace(scene=RecordingScene())
+    assert button.cb_hook(button) is None
+    assert not button.viser_server.scene.meshes

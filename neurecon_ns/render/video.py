@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Literal, Optional, Sequence
@@ -97,16 +97,45 @@ def model_panels(model, camera, panels: Sequence[Panel]) -> Dict[str, Float[torc
     return images
 
 
-def progress_bar(console: Optional[Console] = None, enabled: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console if console is not None else Console(stderr=True),
-        disable=not enabled,
-    )
+class FrameProgress:
+    """Progress of a long render: rich's live bar in a terminal; in a log (no terminal), a plain line about every
+    tenth of the frames with the time spent and left."""
+
+    def __init__(self, total: int, description: str, enabled: bool = True, console: Optional[Console] = None) -> None:
+        self.total, self.description, self.enabled = total, description, enabled
+        self.console = console if console is not None else Console(stderr=True)
+        self.done = 0
+        self.started = time.perf_counter()
+        self.bar: Optional[Progress] = None
+        if enabled and self.console.is_terminal:
+            self.bar = Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.task = self.bar.add_task(description, total=total)
+
+    def __enter__(self) -> "FrameProgress":
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.advance(self.task)
+            return
+        if self.enabled and (self.done % max(self.total // 10, 1) == 0 or self.done == self.total):
+            elapsed = time.perf_counter() - self.started
+            left = elapsed / self.done * (self.total - self.done)
+            self.console.print(f"{self.description}: {self.done}/{self.total}, {elapsed:.0f} s spent, about {left:.0f} s left")
 
 
 @dataclass
@@ -150,42 +179,47 @@ def write_showcase(
         cameras = cameras.to(model.device)
     model_seconds = mesh_seconds = 0.0
     started = time.perf_counter()
-    writer = None
-    with progress_bar(enabled=progress) as bar:
-        task = bar.add_task("rendering frames", total=len(cameras))
-        try:
-            for index in range(len(cameras)):
-                camera = cameras[index : index + 1]
-                images: Dict[str, torch.Tensor] = {}
-                if model is not None:
-                    tick = time.perf_counter()
-                    images.update(model_panels(model, camera, panels))
-                    model_seconds += time.perf_counter() - tick
-                if mesh_renderer is not None and "mesh" in panels:
-                    tick = time.perf_counter()
-                    images["mesh"] = mesh_renderer.render(PinholeCamera.from_cameras(camera.to("cpu")), mesh_colors, mesh_background)
-                    mesh_seconds += time.perf_counter() - tick
-                frame = side_by_side([to_uint8(images[name]) for name in panels])
-                if writer is None:
-                    writer = mediapy.VideoWriter(output_path, shape=frame.shape[:2], fps=fps, codec=codec)
-                    writer.__enter__()
-                writer.add_image(frame)
-                bar.advance(task)
-        finally:
-            if writer is not None:
-                writer.__exit__(None, None, None)
+    with FrameProgress(len(cameras), "rendering frames", enabled=progress) as bar, ExitStack() as stack:
+        writer = None
+        for index in range(len(cameras)):
+            camera = cameras[index : index + 1]
+            images: Dict[str, torch.Tensor] = {}
+            if model is not None:
+                tick = time.perf_counter()
+                images.update(model_panels(model, camera, panels))
+                model_seconds += time.perf_counter() - tick
+            if mesh_renderer is not None and "mesh" in panels:
+                tick = time.perf_counter()
+                images["mesh"] = mesh_renderer.render(PinholeCamera.from_cameras(camera.to("cpu")), mesh_colors, mesh_background)
+                mesh_seconds += time.perf_counter() - tick
+            frame = side_by_side([to_uint8(images[name]) for name in panels])
+            if writer is None:
+                writer = stack.enter_context(mediapy.VideoWriter(output_path, shape=frame.shape[:2], fps=fps, codec=codec))
+            writer.add_image(frame)
+            bar.advance()
     return ShowcaseTimes(len(cameras), model_seconds, mesh_seconds, time.perf_counter() - started)
 
 
 @contextmanager
 def overridden_render_mode(model, mode: Optional[str]) -> Iterator[None]:
-    """The surface model renders in `mode` ("volume" or "surface") inside the block; as configured for None."""
-    previous = model.config.render_mode
-    model.config.render_mode = previous if mode is None else mode
+    """The surface model renders in `mode` ("volume" or "surface") inside the block; as configured for None.
+
+    The mode is read from the model's `render_mode` (which the viewer's dropdown switches) where it has one, else
+    from its config; both are set and restored.
+    """
+    previous_config = model.config.render_mode
+    has_own = isinstance(getattr(model, "render_mode", None), str)
+    previous_own = model.render_mode if has_own else None
+    if mode is not None:
+        model.config.render_mode = mode
+        if has_own:
+            model.render_mode = mode
     try:
         yield
     finally:
-        model.config.render_mode = previous
+        model.config.render_mode = previous_config
+        if has_own:
+            model.render_mode = previous_own
 
 
 def load_mesh(path: Path):
