@@ -43,7 +43,6 @@ import trimesh
 from jaxtyping import Bool, Float, Int
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from scipy import ndimage
 from skimage.measure import marching_cubes
 from torch import Tensor
 
@@ -324,19 +323,41 @@ def mark_cells(
     (any point of a cell is within half a diagonal of some corner). The marks are then dilated by `dilation`
     cells (26-neighbourhood).
     """
-    nx, ny, nz = (size - 1 for size in coarse_values.shape)
-    corners = [coarse_values[i : i + nx, j : j + ny, k : k + nz] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
-    corner_min = np.minimum.reduce(corners)
-    corner_max = np.maximum.reduce(corners)
+    corner_min, corner_max = coarse_values, coarse_values
+    for axis in range(3):  # min and max over the 2x2x2 corners, one axis at a time
+        low, high = _pairs(corner_min, axis)
+        corner_min = np.minimum(low, high)
+        low, high = _pairs(corner_max, axis)
+        corner_max = np.maximum(low, high)
     marked = (corner_min <= level) & (corner_max >= level)
     if sdf_lipschitz is not None:
         if cell_size is None:
             raise ValueError("the Lipschitz bound needs the cell size")
         half_diagonal = 0.5 * float(np.linalg.norm(cell_size))
-        distance_to_level = np.minimum.reduce([np.abs(corner - level) for corner in corners])
+        # |f - level| is smallest at a corner where the cell does not straddle: min of max(min - level, level - max)
+        distance_to_level = np.maximum(corner_min - level, level - corner_max)
         marked |= distance_to_level <= sdf_lipschitz * half_diagonal
-    if dilation > 0 and marked.any():
-        marked = ndimage.binary_dilation(marked, structure=np.ones((3, 3, 3), dtype=bool), iterations=dilation)
+    for _ in range(max(int(dilation), 0)):
+        marked = _dilate_by_one(marked)
+    return marked
+
+
+def _pairs(values: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The two corners of every cell along `axis`: `values[:-1]` and `values[1:]` on that axis."""
+    low = [slice(None)] * values.ndim
+    high = [slice(None)] * values.ndim
+    low[axis], high[axis] = slice(None, -1), slice(1, None)
+    return values[tuple(low)], values[tuple(high)]
+
+
+def _dilate_by_one(marked: Bool[np.ndarray, "nx ny nz"]) -> Bool[np.ndarray, "nx ny nz"]:
+    """Add the 26 neighbours of every marked cell (a 3x3x3 cube is three 3-wide segments, one per axis)."""
+    for axis in range(3):
+        low, high = _pairs(marked, axis)
+        grown = marked.copy()
+        _pairs(grown, axis)[0][...] |= high
+        _pairs(grown, axis)[1][...] |= low
+        marked = grown
     return marked
 
 
@@ -358,29 +379,16 @@ def coarse_levels(resolution: int, coarse_factor: int, coarsest_cells: int = MIN
     return levels
 
 
-def _interpolation_matrix(num_fine: int, num_coarse: int, factor: int) -> Float[np.ndarray, "num_fine num_coarse"]:
-    """Linear interpolation from coarse samples `0..num_coarse-1` to fine samples `j / factor`."""
-    position = np.arange(num_fine) / factor
-    left = np.minimum(np.floor(position).astype(np.int64), num_coarse - 2)
-    weight_right = position - left
-    matrix = np.zeros((num_fine, num_coarse))
-    matrix[np.arange(num_fine), left] = 1.0 - weight_right
-    matrix[np.arange(num_fine), left + 1] = weight_right
-    return matrix
-
-
 def _fill_from_coarse(
     coarse_values: np.ndarray, factor: int, start: np.ndarray, stop: np.ndarray
 ) -> Float[np.ndarray, "bx by bz"]:
-    """Trilinear interpolation of the coarse grid at the fine samples `start..stop` (inclusive; `start` a multiple
-    of `factor`)."""
-    first = start // factor
-    last = -(-stop // factor)
-    window = coarse_values[first[0] : last[0] + 1, first[1] : last[1] + 1, first[2] : last[2] + 1].astype(np.float64)
-    for axis in range(3):
-        matrix = _interpolation_matrix(int(stop[axis] - start[axis]) + 1, window.shape[axis], factor)
-        window = np.moveaxis(np.tensordot(matrix, window, axes=([1], [axis])), 0, axis)
-    return window.astype(np.float32)
+    """Fine samples `start..stop` (inclusive) filled with the coarse value at the low corner of their coarse cell.
+
+    Only samples of unmarked cells keep this value. An unmarked cell's corners all have one sign, and unmarked
+    cells that touch share corners, so the fill has the sign the field has there and adds no triangle.
+    """
+    index = [np.arange(start[axis], stop[axis] + 1) // factor for axis in range(3)]
+    return coarse_values[np.ix_(*index)]
 
 
 def _needed_samples(

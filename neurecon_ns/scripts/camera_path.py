@@ -74,7 +74,8 @@ class CameraPath:
     radius_scale: float = 1.0
     """Spiral: scale of its radii (1 = the 90th percentile of the cameras' offsets from the mean pose)."""
     output: Optional[Path] = None
-    """Where to write the json; RUN_DIR/camera_paths/KIND.json by default (where the viewer's "Load path" looks)."""
+    """Where to write the json; RUN_DIR/camera_paths/KIND.json by default. The viewer's "Load path" lists
+    SCENE/camera_paths/ (the --data directory), where its own exported paths go."""
     preview: bool = False
     """Also write a PNG beside the json that plots the path with the training cameras and their ids."""
     data: Optional[Path] = None

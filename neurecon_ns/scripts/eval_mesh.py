@@ -34,8 +34,7 @@ class EvalMesh:
     output_path: Optional[Path] = None
     """JSON file for the numbers (default: beside the mesh, <mesh>_eval.json)."""
     thresholds: Tuple[float, ...] = ()
-    """F-score thresholds in the meshes' units (default: 0.5, 1 and 2 mm in DTU mode; 0.5%, 1% and 2% of the
-    reference's bounding-box diagonal otherwise)."""
+    """F-score thresholds in the meshes' units (default: 0.5, 1 and 2 mm in DTU mode; 0.5%, 1% and 2% of the reference's bounding-box diagonal otherwise)."""
     num_points: int = 200_000
     """Generic mode: points sampled uniformly by area on each mesh."""
     sampling_distance: Optional[float] = None
@@ -45,8 +44,7 @@ class EvalMesh:
     patch_size: float = 60.0
     """DTU mode: margin (mm) around ObsMask's box inside which the mesh is kept."""
     cull_scene: Optional[Path] = None
-    """DTU mode: the scan's folder in the IDR-NeuS layout (cameras_sphere.npz, mask/); cull the mesh by its
-    views' dilated masks first."""
+    """DTU mode: the scan's folder in the IDR-NeuS layout (cameras_sphere.npz, mask/); cull the mesh by its views' dilated masks first."""
     cull_dilation_px: Optional[float] = None
     """Mask dilation of --cull-scene in pixels (default: 24 at 1600 pixels wide, scaled to the masks)."""
     seed: int = 0

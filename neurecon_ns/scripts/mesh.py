@@ -26,11 +26,9 @@ class Mesh:
     resolution: int = 512
     """Marching-cubes samples per axis of the bounding box (any value >= 2)."""
     space: Literal["data", "unit"] = "data"
-    """Coordinates of the written mesh: "data", the data's own units (DTU: millimetres, through the data
-    parser's transform); "unit", the training space where the object lies in the unit sphere."""
+    """Coordinates of the written mesh: "data", the data's own units (DTU: millimetres, through the data parser's transform); "unit", the training space where the object lies in the unit sphere."""
     region: Literal["sphere", "scene-box"] = "sphere"
-    """Bounding box when --bbox-min/--bbox-max are not given: the cube around the model's sphere, or the
-    run's scene box."""
+    """Bounding box when --bbox-min/--bbox-max are not given: the cube around the model's sphere, or the run's scene box."""
     bbox_min: Optional[Tuple[float, float, float]] = None
     """Lower corner of the bounding box, in the training space."""
     bbox_max: Optional[Tuple[float, float, float]] = None
@@ -38,8 +36,7 @@ class Mesh:
     vertex_colors: bool = False
     """Colour each vertex with the radiance network, seen along its normal."""
     cull_unseen: bool = False
-    """Remove faces that no training camera sees and, where the data has masks, faces outside the mask of a
-    view that sees them."""
+    """Remove faces that no training camera sees and, where the data has masks, faces outside the mask of a view that sees them."""
     mask_dilation_px: float = 0.0
     """Grow the masks by this many pixels before --cull-unseen tests against them."""
     keep_largest_component: bool = False
