@@ -86,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load-config", type=Path, default=None, help="an existing run (default: train a short one)")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the short run")
+    parser.add_argument("--run-dir", type=Path, default=None, help="keep the short run here (default: a temporary folder)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -98,7 +99,7 @@ def main() -> None:
     from neurecon_ns.runs import load_run
 
     with tempfile.TemporaryDirectory() as scratch:
-        config_path = args.load_config or short_run(args.steps, Path(scratch))
+        config_path = args.load_config or short_run(args.steps, args.run_dir or Path(scratch))
         run = load_run(config_path, device="cpu")
         model = run.model.eval()
         geometry = model.config.networks.geometry

@@ -101,6 +101,8 @@ class SurfaceDataManager(VanillaDataManager[SurfaceDataset]):
 
     def create_train_dataset(self) -> SurfaceDataset:
         where = str(self.config.data)
+        if not self.config.roi_scale > 0:
+            raise UserInputError(f"--pipeline.datamanager.roi-scale {self.config.roi_scale}: give a positive factor (1 keeps the region found).")
         outputs = self.train_dataparser_outputs
         self.region = find_region(outputs, self.config.roi, self.config.roi_box, where)
         if self.region.source != "data":

@@ -66,6 +66,8 @@ STATS_KEY = "extraction_stats"
 
 BoxCorner = Union[Sequence[float], np.ndarray, Tensor]
 
+PAD_ROWS = 64
+"""Every batch of points sent to the level function is padded to a multiple of this many rows."""
 MAX_COARSE_CELLS = 256
 """The finest coarse grid has at most this many cells per axis (257^3 floats = 68 MB)."""
 MIN_TOP_CELLS = 64
@@ -152,10 +154,14 @@ class _CountingField:
         with torch.no_grad():
             for start in range(0, len(points_world), self.chunk_size):
                 chunk = points_world[start : start + self.chunk_size].astype(np.float32)
-                level = self.level_fn(torch.from_numpy(chunk).to(self.device))
-                if level.numel() != len(chunk):
-                    raise ValueError(f"the level function returned {tuple(level.shape)} values for {len(chunk)} points; it must return one per point.")
-                values[start : start + len(chunk)] = level.reshape(-1).float().cpu().numpy()
+                # BLAS computes the rows of a short or ragged batch with other kernels, whose last bits differ;
+                # padded to whole row blocks, a point gets the same value in whatever batch it comes
+                padded = np.zeros((-(-len(chunk) // PAD_ROWS) * PAD_ROWS, 3), dtype=np.float32)
+                padded[: len(chunk)] = chunk
+                level = self.level_fn(torch.from_numpy(padded).to(self.device))
+                if level.numel() != len(padded):
+                    raise ValueError(f"the level function returned {tuple(level.shape)} values for {len(padded)} points; it must return one per point.")
+                values[start : start + len(chunk)] = level.reshape(-1)[: len(chunk)].float().cpu().numpy()
         self.num_queries += len(points_world)
         if not np.isfinite(values).all():
             raise UserInputError(

@@ -276,9 +276,9 @@ class MeshRenderer:
     """A mesh held as tensors, rendered from any number of cameras."""
 
     def __init__(self, mesh: trimesh.Trimesh, device: Union[str, torch.device] = "cpu") -> None:
-        self.vertices = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64, device=device)
-        self.faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long, device=device)
-        self.vertex_normals = torch.as_tensor(np.asarray(mesh.vertex_normals), dtype=torch.float64, device=device)
+        self.vertices = torch.as_tensor(np.array(mesh.vertices), dtype=torch.float64, device=device)
+        self.faces = torch.as_tensor(np.array(mesh.faces), dtype=torch.long, device=device)
+        self.vertex_normals = torch.as_tensor(np.array(mesh.vertex_normals), dtype=torch.float64, device=device)
         self.vertex_colors: Optional[Tensor] = None
         if mesh.visual.kind == "vertex":
             rgba = np.asarray(mesh.visual.vertex_colors, dtype=np.float64) / 255.0
