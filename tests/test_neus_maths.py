@@ -1,6 +1,7 @@
 """NeuS's opacity and up-sampling on analytic SDFs along single rays."""
 
 import torch
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 
 from neurecon_ns.model_components.samplers import (
     NeuSSamplerConfig,
@@ -9,7 +10,6 @@ from neurecon_ns.model_components.samplers import (
     uniform_t,
 )
 from neurecon_ns.model_components.sdf_to_density import neus_alpha, neus_section_sdfs
-from nerfstudio.cameras.rays import RayBundle, RaySamples
 
 
 def plane_sdf_along_ray(t: torch.Tensor, surface_t: float) -> torch.Tensor:
@@ -27,7 +27,7 @@ def weights_from_sections(t_edges: torch.Tensor, sdf_fn, inv_s: float, eps: floa
 def test_weights_peak_at_the_zero_crossing_and_sum_to_at_most_one():
     t_edges = torch.linspace(0.0, 2.0, 401)
     for surface_t in (0.61, 1.0, 1.37):
-        weights = weights_from_sections(t_edges, lambda t: plane_sdf_along_ray(t, surface_t), inv_s=64.0)
+        weights = weights_from_sections(t_edges, lambda t, surface_t=surface_t: plane_sdf_along_ray(t, surface_t), inv_s=64.0)
         mids = (t_edges[1:] + t_edges[:-1]) / 2
         assert abs(mids[weights.argmax()] - surface_t) <= 2.0 / 400
         assert torch.all(weights >= 0)

@@ -26,13 +26,12 @@ from typing import Dict, List, Literal, Optional, Tuple, Type
 import numpy as np
 import torch
 from jaxtyping import Float
-from PIL import Image
-
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image
 
 from neurecon_ns.errors import UserInputError
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
-
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.model_components.scene_colliders import SceneCollider
+from torch import Tensor
 
 
 def near_far_from_sphere(

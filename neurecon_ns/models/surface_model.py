@@ -361,7 +361,7 @@ class SurfaceModel(Model):
                 self._lpips = LearnedPerceptualImagePatchSimilarity(normalize=True).to(self.device)
             except Exception as error:  # no network or no cached weights: LPIPS is skipped, not fatal
                 self._lpips_unavailable = True
-                warnings.warn(f"LPIPS is skipped: its weights could not be loaded ({type(error).__name__}: {error}).")
+                warnings.warn(f"LPIPS is skipped: its weights could not be loaded ({type(error).__name__}: {error}).", stacklevel=2)
         return self._lpips
 
     def get_image_metrics_and_images(
