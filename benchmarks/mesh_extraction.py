@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -104,11 +105,12 @@ def main() -> None:
         model = run.model.eval()
         geometry = model.config.networks.geometry
         print(f"model: {run.config.method_name}, geometry network {geometry.num_layers} x {geometry.hidden_dim}, "
-              f"step {run.step}, {torch.get_num_threads()} CPU threads")
+              f"step {run.step}, {torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f}")
         results: List[Dict] = []
         for resolution in args.resolutions:
             for dense in ([False] if args.no_dense else [False, True]):
                 result = measure(model, resolution, dense, args.chunk_size)
+                result["load_average"] = os.getloadavg()[0]
                 results.append(result)
                 print(json.dumps(result))
 

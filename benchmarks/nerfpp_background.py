@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["neus-nerfpp"])
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--backgrounds", nargs="+", default=["nerfpp", "none"], choices=["nerfpp", "none"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -57,7 +58,7 @@ def main() -> None:
         write_scene(scene, num_views=32, width=64, height=64, background="environment", mesh_resolution=192)
     rows = []
     for method in args.methods:
-        for background in ("nerfpp", "none"):
+        for background in args.backgrounds:
             run = train_short(
                 method,
                 scene,

@@ -76,6 +76,20 @@ def test_mesh_in_data_units_is_the_training_space_mesh_through_the_scene_transfo
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_coarse_to_fine_equals_dense_on_trained_models(method, loaded_runs):
+    from test_mesh_extract import assert_same_mesh
+
+    from neurecon_ns.mesh.extract import extract_level_set_dense
+
+    model = loaded_runs[method].model
+    box = ([-1.05] * 3, [1.05] * 3)
+    with torch.no_grad():
+        mesh = extract_level_set(model.level_set, *box, 45, block_resolution=12, progress=False)
+        dense = extract_level_set_dense(model.level_set, *box, 45)
+    assert_same_mesh(mesh, dense, voxel=2.1 / 44)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_exporter_contract_level_set_is_the_geometry_networks_first_output(method, loaded_runs):
     """`ns-export marching-cubes` reads `config.sdf_field` and extracts `field.forward_geonetwork(x)[:, 0] = 0`:
     that must be the surface `neurecon mesh` extracts from `model.level_set`."""

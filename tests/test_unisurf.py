@@ -83,6 +83,26 @@ def test_secant_steps_refine_the_dense_search():
     assert errors[1] < errors[0] / 20
 
 
+def test_block_search_with_early_exit_matches_the_search_of_all_steps_at_once():
+    """The fast path (blocks of steps, rays leave once they hit) against the plain dense search, on the
+    bumpy level function of a randomly initialised network and on the analytic sphere."""
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Softplus(beta=10), torch.nn.Linear(64, 1))
+
+    def bumpy(points: torch.Tensor) -> torch.Tensor:
+        return network(points * 3.0)[..., 0] + points.norm(dim=-1) - 0.6
+
+    origins, directions, nears, fars = rays_towards_sphere(500, seed=5)
+    for level in (bumpy, negated_logit_of(sphere_occupancy)):
+        with torch.no_grad():
+            t_dense, hit_dense = find_first_root(level, origins, directions, nears, fars, 100, 6, block_size=100)
+            for block_size in (1, 7, 32):
+                t_block, hit_block = find_first_root(level, origins, directions, nears, fars, 100, 6, block_size)
+                assert torch.equal(hit_block, hit_dense)
+                assert torch.allclose(t_block, t_dense, atol=1e-6)
+        assert 0 < int(hit_dense.sum()) < 500
+
+
 def test_secant_refine_stays_inside_its_bracket():
     """Regula falsi keeps a sign-changing bracket, so a very non-linear level function cannot throw the
     estimate out of it (a plain secant step can)."""

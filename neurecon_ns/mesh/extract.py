@@ -13,18 +13,20 @@ Coarse to fine (`extract_level_set`):
    that a part poking between two samples is still caught as long as it shows in a neighbouring cell. With
    `sdf_lipschitz = L` (only for a true SDF) a cell is also marked when `min_corners |f - level| <= L *
    half_diagonal`, which guarantees that no crossing is missed. The next finer grid is evaluated at the corners
-   of marked cells only; its other samples take the trilinear interpolation of the coarser grid, which has the
-   sign of the (unmarked, sign-constant) coarse cell.
+   of marked cells only; its other samples take the value of the coarse sample at their cell's low corner,
+   which has the sign of the (unmarked, sign-constant) coarse cell.
 2. The fine grid is walked in blocks of `block_resolution` cells. In a block holding a marked cell of the finest
-   coarse grid, `f` is evaluated at every fine sample of a marked cell, the rest is interpolated as above (it
-   adds no triangle), and marching cubes runs on the block.
+   coarse grid, `f` is evaluated at every fine sample of a marked cell, the rest is filled as above (it adds no
+   triangle), and marching cubes runs on the block.
 3. Blocks share their boundary samples. Every shared sample is evaluated once, by the first block that needs
    it, and handed to the others through a cache kept by the block that owns it, so both sides see the same
-   bits. Vertices are welded by the grid edge they lie on (`_weld`, which the dense path uses too), which makes
-   the merged mesh exactly seamless.
+   bits. Vertices are recomputed in float64 from the values of the grid edge they lie on and welded by that
+   edge (`_marching_cubes`, `_weld`, which the dense path uses too), so the merged mesh is exactly seamless.
 
 Wherever the marked cells hold every fine crossing, the result is the dense marching cubes mesh
-(`extract_level_set_dense`, the slow reference) up to float rounding of the vertex positions. Queries grow with
+(`extract_level_set_dense`, the slow reference): the same faces and the same vertices, bit for bit where the
+level function gives a point the same value in any batch, except Lewiner's extra vertices inside ambiguous
+cubes, which differ by float32 rounding. Queries grow with
 the surface area (a band a few coarse cells wide around the surface, plus the fixed coarsest grid); memory is
 bounded by the finest coarse grid (at most 257^3 floats: `coarse_factor` grows with `resolution` to keep it so),
 one block, the boundary caches and the output mesh.
@@ -128,7 +130,7 @@ def _box(bbox_min: BoxCorner, bbox_max: BoxCorner, resolution: int) -> Tuple[np.
 
 
 def _index_to_world(
-    index: Int[np.ndarray, "*bs 3"], bbox_min: Float[np.ndarray, "3"], spacing: Float[np.ndarray, "3"]
+    index: Float[np.ndarray, "*bs 3"], bbox_min: Float[np.ndarray, "3"], spacing: Float[np.ndarray, "3"]
 ) -> Float[np.ndarray, "*bs 3"]:
     """`x = bbox_min + k * spacing`; the one formula every path uses, so equal indices give equal points."""
     return bbox_min + index * spacing
@@ -213,50 +215,90 @@ def _dense_values(
 # marching cubes and welding
 
 
-def _marching_cubes(volume: Float[np.ndarray, "nx ny nz"], level: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Vertices (in the volume's index units) and faces of one volume; empty when the level is not crossed.
+@dataclass
+class _Piece:
+    """Marching cubes of one volume, its vertices made independent of where the volume starts."""
 
-    Degenerate faces are kept: skimage would merge vertices by their float32 position, which depends on where
-    the volume starts; `_weld` merges them by grid position instead, the same way for blocks and dense grids.
-    """
-    empty = np.zeros((0, 3), dtype=np.float64), np.zeros((0, 3), dtype=np.int64)
-    if not volume.min() <= level <= volume.max():
-        return empty
-    try:
-        vertices, faces, _, _ = marching_cubes(volume, level=level, allow_degenerate=True)
-    except RuntimeError:  # touches the level without crossing it
-        return empty
-    return vertices.astype(np.float64), faces.astype(np.int64)
+    positions: Float[np.ndarray, "num_vertices 3"]
+    """Vertices in fine-grid index units (float64)."""
+    keys: Int[np.ndarray, " num_vertices"]
+    """Grid edge or sample each vertex lies on; negative for vertices inside a cube."""
+    faces: Int[np.ndarray, "num_faces 3"]
 
 
 def _snap_tolerance(resolution: int) -> float:
-    """Vertices this close (in voxels) to a sample are on it: a few float32 ulps of the largest index."""
-    return 8.0 * float(np.finfo(np.float32).eps) * max(int(resolution), 16)
+    """Crossings closer than this (in voxels) to a sample are on it. skimage writes vertices in float32, so in
+    a grid of `resolution` samples a crossing that close may already have been rounded onto the sample."""
+    return 2.0 * float(np.finfo(np.float32).eps) * max(int(resolution), 16)
 
 
-def _weld(
-    vertices_index: Float[np.ndarray, "num_vertices 3"], faces: Int[np.ndarray, "num_faces 3"], resolution: int
-) -> Tuple[Float[np.ndarray, "num_welded 3"], Int[np.ndarray, "num_kept 3"]]:
-    """Merge marching-cubes vertices that are the same point of the grid and drop the faces that collapse.
+def _sample_keys(index: Int[np.ndarray, "num 3"], side: int) -> Int[np.ndarray, " num"]:
+    return ((index[:, 0] * side + index[:, 1]) * side + index[:, 2]) * 4 + 3
 
-    A vertex lies on a grid edge (one fractional coordinate: keyed by the edge), on a sample (none, when the
-    field equals the level there: keyed by the sample, which merges the vertices of all edges meeting there), or
-    inside a cube (Lewiner's extra vertex for ambiguous cases: kept as it is). Two blocks compute the fractional
-    coordinate of a shared edge from the same values and the same origin along that axis, so they agree bit for
-    bit and the merged mesh has no seam.
+
+def _marching_cubes(
+    volume: Float[np.ndarray, "nx ny nz"], level: float, offset: Int[np.ndarray, "3"], resolution: int
+) -> Optional[_Piece]:
+    """Marching cubes (Lewiner) of a volume whose sample `(0, 0, 0)` is fine sample `offset`; None when the
+    level is not crossed.
+
+    skimage returns float32 vertices in the volume's own index units, so their rounding depends on where the
+    volume starts. Each vertex is therefore recomputed from the two values of its grid edge in float64,
+    `x = k + (level - f_k) / (f_{k+1} - f_k)` along the edge, which every volume holding that edge computes
+    bit for bit alike, and keyed by the edge; a crossing within `_snap_tolerance` of a sample is put on the
+    sample and keyed by it, so that the vertices of all edges meeting there merge. Lewiner's extra vertices
+    inside ambiguous cubes (two or three fractional coordinates) keep skimage's position.
     """
-    if len(vertices_index) == 0:
-        return vertices_index, faces
-    rounded = np.rint(vertices_index)
-    on_sample = np.abs(vertices_index - rounded) <= _snap_tolerance(resolution)
-    snapped = np.where(on_sample, rounded, vertices_index)
-    num_fractional = (~on_sample).sum(axis=1)
-    base = np.where(on_sample, rounded, np.floor(vertices_index)).astype(np.int64)
-    code = np.where(num_fractional == 0, 3, np.argmax(~on_sample, axis=1))
+    if not volume.min() <= level <= volume.max():
+        return None
+    try:
+        vertices, faces, _, _ = marching_cubes(volume, level=level, allow_degenerate=True)
+    except RuntimeError:  # touches the level without crossing it
+        return None
+    vertices = vertices.astype(np.float64)
+    rounded = np.rint(vertices)
+    fractional = vertices != rounded
+    num_fractional = fractional.sum(axis=1)
     side = int(resolution) + 1
-    keys = ((base[:, 0] * side + base[:, 1]) * side + base[:, 2]) * 4 + code
-    inside_cube = num_fractional > 1
-    keys[inside_cube] = -1 - np.arange(int(inside_cube.sum()))
+    positions = vertices + offset
+    keys = np.full(len(vertices), -1, dtype=np.int64)
+
+    on_sample = num_fractional == 0
+    keys[on_sample] = _sample_keys(rounded[on_sample].astype(np.int64) + offset, side)
+    positions[on_sample] = rounded[on_sample] + offset
+
+    on_edge = np.flatnonzero(num_fractional == 1)
+    axis = np.argmax(fractional[on_edge], axis=1)
+    low = np.floor(vertices[on_edge]).astype(np.int64)
+    high = low.copy()
+    high[np.arange(len(on_edge)), axis] += 1
+    value_low = volume[low[:, 0], low[:, 1], low[:, 2]].astype(np.float64)
+    value_high = volume[high[:, 0], high[:, 1], high[:, 2]].astype(np.float64)
+    step = value_high - value_low
+    t = np.clip(np.divide(level - value_low, step, out=np.zeros_like(step), where=step != 0), 0.0, 1.0)
+    tolerance = _snap_tolerance(resolution)
+    at_low, at_high = t <= tolerance, t >= 1.0 - tolerance
+    edge_positions = low.astype(np.float64)
+    edge_positions[np.arange(len(on_edge)), axis] += np.where(at_low, 0.0, np.where(at_high, 1.0, t))
+    edge_keys = ((low[:, 0] + offset[0]) * side + low[:, 1] + offset[1]) * side + low[:, 2] + offset[2]
+    edge_keys = edge_keys * 4 + axis
+    edge_keys[at_low] = _sample_keys(low[at_low] + offset, side)
+    edge_keys[at_high] = _sample_keys(high[at_high] + offset, side)
+    positions[on_edge] = edge_positions + offset
+    keys[on_edge] = edge_keys
+    return _Piece(positions, keys, faces.astype(np.int64))
+
+
+def _weld(pieces: Sequence[_Piece]) -> Tuple[Float[np.ndarray, "num_vertices 3"], Int[np.ndarray, "num_faces 3"]]:
+    """One mesh from the pieces: vertices with the same key merged, faces that collapse dropped.
+
+    Blocks compute the vertices of a shared edge from the same values, so merging by key leaves no seam.
+    """
+    keys = np.concatenate([piece.keys for piece in pieces])
+    inside_cube = keys < 0
+    keys[inside_cube] = -1 - np.arange(int(inside_cube.sum()))  # never merged
+    offsets = np.cumsum([0] + [len(piece.keys) for piece in pieces[:-1]])
+    faces = np.concatenate([piece.faces + offset for piece, offset in zip(pieces, offsets)])
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     welded_faces = inverse.reshape(-1)[faces]
     distinct = (
@@ -264,7 +306,8 @@ def _weld(
         & (welded_faces[:, 1] != welded_faces[:, 2])
         & (welded_faces[:, 0] != welded_faces[:, 2])
     )
-    return snapped[first], welded_faces[distinct]
+    positions = np.concatenate([piece.positions for piece in pieces])
+    return positions[first], welded_faces[distinct]
 
 
 def _mesh_from_index_vertices(
@@ -306,7 +349,10 @@ def extract_level_set_dense(
         values = _dense_values(field, bbox_min_np, spacing, 1, resolution)
         bar.update(task, completed=1)
     _check_crossing(values, level, "dense grid")
-    vertices_index, faces = _weld(*_marching_cubes(values, level), resolution)
+    piece = _marching_cubes(values, level, np.zeros(3, dtype=np.int64), resolution)
+    if piece is None:
+        raise UserInputError(f"the field touches level {level:g} inside the box without crossing it; check the bounding box.")
+    vertices_index, faces = _weld([piece])
     stats = ExtractionStats(resolution, 1, (), 0, field.num_queries, 1, 1, time.perf_counter() - started)
     return _mesh_from_index_vertices(vertices_index, faces, bbox_min_np, spacing, stats)
 
@@ -434,7 +480,7 @@ class _Refinement:
 
 
 def _level_values(refinement: _Refinement, levels: List[Tuple[int, int]], index: int) -> Float[np.ndarray, "n n n"]:
-    """Values of the coarse grid `levels[index]`: the field near the surface, interpolation elsewhere."""
+    """Values of the coarse grid `levels[index]`: the field near the surface, the coarser grid's fill elsewhere."""
     stride, num_cells = levels[index]
     if index == len(levels) - 1:
         task = refinement.bar.add_task(f"coarse grid {num_cells + 1}^3", total=1)
@@ -447,7 +493,7 @@ def _level_values(refinement: _Refinement, levels: List[Tuple[int, int]], index:
     factor = coarse_stride // stride
     marked_padded = np.pad(refinement.marks(coarse_values, coarse_stride), 1)
     values = np.empty((num_cells + 1,) * 3, dtype=np.float32)
-    # x-slabs of coarse cells, each about 2^22 samples, so the interpolation's float64 temporaries stay small
+    # x-slabs of coarse cells, each about 2^22 samples, so that the temporaries stay small
     cells_per_slab = max(1, 2**22 // ((num_cells + 1) ** 2 * factor))
     num_coarse_cells = math.ceil(num_cells / factor)
     task = refinement.bar.add_task(f"coarse grid {num_cells + 1}^3", total=num_coarse_cells)
@@ -612,29 +658,24 @@ def extract_level_set(
         marked_blocks = marked_blocks.reshape([grid.num_blocks, cells_per_block] * 3).any(axis=(1, 3, 5))
 
         cache = _BoundaryCache()
-        vertices_per_block: List[np.ndarray] = []
-        faces_per_block: List[np.ndarray] = []
-        num_vertices = 0
+        pieces: List[_Piece] = []
         fine_task = bar.add_task(f"fine blocks ({resolution}^3)", total=int(marked_blocks.sum()))
         for block in grid.blocks():
             if marked_blocks[block]:
                 volume = _evaluate_block(field, grid, block, coarse_values, marked_padded, cache, bbox_min_np, spacing)
-                vertices_local, faces = _marching_cubes(volume, level)
-                if len(faces):
-                    start, _ = grid.block_range(block)
-                    vertices_per_block.append(vertices_local + start)
-                    faces_per_block.append(faces + num_vertices)
-                    num_vertices += len(vertices_local)
+                piece = _marching_cubes(volume, level, grid.block_range(block)[0], resolution)
+                if piece is not None:
+                    pieces.append(piece)
                 bar.advance(fine_task)
             cache.release(grid.flat_id(block))
 
-    if not faces_per_block:
+    if not pieces:
         low, high = float(coarse_values.min()), float(coarse_values.max())
         raise UserInputError(
             f"the field never crosses level {level:g} on the fine grid (coarse min {low:.3g}, max {high:.3g}): "
             "the model has no surface there; train longer or check the bounding box."
         )
-    vertices_index, faces = _weld(np.concatenate(vertices_per_block), np.concatenate(faces_per_block), resolution)
+    vertices_index, faces = _weld(pieces)
     stats = ExtractionStats(
         resolution=resolution,
         coarse_factor=coarse_factor,
@@ -658,7 +699,7 @@ def _evaluate_block(
     bbox_min: np.ndarray,
     spacing: np.ndarray,
 ) -> Float[np.ndarray, "bx by bz"]:
-    """The block's volume for marching cubes: field values where needed, coarse interpolation elsewhere."""
+    """The block's volume for marching cubes: field values where needed, the coarse fill elsewhere."""
     start, stop = grid.block_range(block)
     volume = _fill_from_coarse(coarse_values, grid.coarse_factor, start, stop)
     needed = _needed_samples(marked_padded, grid.coarse_factor, start, stop)
