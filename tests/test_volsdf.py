@@ -496,3 +496,12 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
     for factor in (1.1, 0.9):
         wrong = shapes.surface_mesh(shapes.scaled(torus, factor), resolution=160)
         assert compare_meshes(run.mesh_unit, wrong, num_points=30_000).chamfer > CHAMFER_THRESHOLD
+
+
+def test_scene_sphere_with_a_background_network_is_one_sentence():
+    from neurecon_ns.errors import UserInputError
+    from neurecon_ns.models.volsdf import VolSDFModelConfig
+
+    config = VolSDFModelConfig(background_model="nerfpp", scene_sphere_background=True)
+    with pytest.raises(UserInputError, match="scene-sphere-background False"):
+        config.setup(scene_box=None, num_train_data=1)

@@ -81,9 +81,11 @@ class VolSDFModelConfig(SurfaceModelConfig):
     sampler: ErrorBoundedSamplerConfig = field(default_factory=ErrorBoundedSamplerConfig)
     """Error-bounded sampling settings (Algorithm 1)."""
     init_beta: float = 0.1
-    """Initial scale `beta` of the Laplace density (the authors' 0.1)."""
+    """Initial scale `beta` of the Laplace density (the authors' 0.1, for their 100k steps: `beta` is learnt
+    linearly, Adam moves it by about the learning rate per step, so runs of a few thousand steps should
+    start lower, e.g. 0.03; see docs/volsdf.md)."""
     beta_min: float = 1e-4
-    """Floor of `beta`: `beta = |beta_param| + beta_min`."""
+    """Floor of `beta`: `beta = |beta_param| + beta_min` (0 for no floor)."""
     scene_sphere_background: bool = True
     """Use the scene sphere as a background surface, `d = min(d, R - |x|)`: every ray ends on it and the
     last section is opaque (VolSDF's setting for object captures such as DTU). Rays are then traced
@@ -106,6 +108,12 @@ class VolSDFModel(SurfaceModel):
         self.sampler = self.config.sampler.setup()
         self.density = LaplaceDensity(self.config.init_beta, self.config.beta_min)
         if self.config.scene_sphere_background:
+            if self.config.background_model != "none":
+                # every ray would end on the opaque scene sphere, hiding the background network
+                raise UserInputError(
+                    f"background_model '{self.config.background_model}' needs the scene sphere off; "
+                    "pass --pipeline.model.scene-sphere-background False (or use volsdf-nerfpp)."
+                )
             if self.config.scene_sphere_radius <= self.config.sphere_radius:
                 raise UserInputError(
                     f"scene_sphere_radius ({self.config.scene_sphere_radius}) must exceed sphere_radius "
