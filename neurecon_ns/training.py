@@ -109,8 +109,7 @@ def _fit_schedules(config: TrainerConfig, steps: int) -> None:
 def train(config: TrainerConfig, local_rank: int = 0, world_size: int = 1):
     """Run nerfstudio's trainer in this process; returns the trainer (its pipeline holds the model)."""
     config.set_timestamp()
-    config.print_to_terminal = lambda: None  # type: ignore[method-assign]
-    config.save_config()
+    config.save_config()  # before nothing is attached to the config, so config.yml stays loadable
     trainer = config.setup(local_rank=local_rank, world_size=world_size)
     trainer.setup()
     trainer.train()
