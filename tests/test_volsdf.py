@@ -471,7 +471,11 @@ SHORT_RUN_OVERRIDES = {
     # sharpness of a surface within a few hundred steps, so a short run starts where it would be heading
     "init_beta": 0.03,
 }
-CHAMFER_THRESHOLD = None
+# Measured on this scene and settings: Chamfer 0.045 at level 0, 0.021 at level beta (beta = 0.044 at the
+# end). A 10% larger torus is 0.069 from the level-0 surface and 0.042 from the level-beta one, a 10% smaller
+# one 0.036 from the level-beta surface, the torus turned by 30 degrees 0.089 from the level-0 surface.
+CHAMFER_LEVEL_ZERO = 0.055
+CHAMFER_LEVEL_BETA = 0.03
 
 
 @pytest.fixture(scope="module")
@@ -483,19 +487,46 @@ def torus_scene(tmp_path_factory):
 
 @pytest.mark.slow
 def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
-    """The surface of a 500-step run on 2 CPU threads is within CHAMFER_THRESHOLD of the exact torus; the
-    same surface is clearly farther from the torus scaled by 1.1 or 0.9 (a wrong answer fails the test)."""
+    """A 500-step CPU run recovers the torus, up to the inward offset of about beta that VolSDF's density
+    implies while beta is large.
+
+    The Laplace density reaches `exp(-h / beta) / (2 beta)` at a distance `h` outside the surface, so a ray
+    passing just outside a tube of radius `r` collects an optical depth of about
+    `exp(-h / beta) sqrt(2 pi r beta) / (2 beta)`: at beta = 0.044 and r = 0.17 the silhouette the images
+    and masks see lies about 1.3 beta outside the zero level set, and training moves the zero level set
+    inward by that much (the learnt SDF is +0.046 on the true surface on average). The level-0 surface is
+    therefore checked with a threshold that admits that offset and still rejects a 10% larger or a turned
+    torus; the level-beta surface, where the density puts the surface, must match the exact torus more
+    closely than a 10% smaller or larger one.
+    """
+    import numpy as np
+
     from neurecon_ns.data import shapes
     from neurecon_ns.demo import train_short
     from neurecon_ns.mesh.evaluate import compare_meshes
+    from neurecon_ns.mesh.extract import extract_level_set
 
     run = train_short("volsdf-dtu", torus_scene.output_dir, tmp_path / "outputs", SHORT_RUN_STEPS,
                       overrides=SHORT_RUN_OVERRIDES)
-    assert run.report.chamfer < CHAMFER_THRESHOLD, run.report
+    model = run.trainer.pipeline.model
     torus = shapes.get_shape("torus")
-    for factor in (1.1, 0.9):
-        wrong = shapes.surface_mesh(shapes.scaled(torus, factor), resolution=160)
-        assert compare_meshes(run.mesh_unit, wrong, num_points=30_000).chamfer > CHAMFER_THRESHOLD
+    turn = shapes.rotation_about_axis((1.0, 0.0, 0.0), np.deg2rad(30.0))
+    turned = shapes.Shape("turned", lambda p: torus.sdf_fn(p @ turn), torus.bounding_radius)
+
+    def chamfer(mesh, shape):
+        return compare_meshes(mesh, shapes.surface_mesh(shape, resolution=160), num_points=30_000).chamfer
+
+    assert run.report.chamfer < CHAMFER_LEVEL_ZERO, run.report
+    assert chamfer(run.mesh_unit, shapes.scaled(torus, 1.1)) > CHAMFER_LEVEL_ZERO
+    assert chamfer(run.mesh_unit, turned) > CHAMFER_LEVEL_ZERO
+
+    beta = float(model.density.beta())
+    model.eval()
+    with torch.no_grad():
+        density_surface = extract_level_set(model.level_set, [-1.02] * 3, [1.02] * 3, 128, level=beta)
+    assert chamfer(density_surface, torus) < CHAMFER_LEVEL_BETA
+    for factor in (0.9, 1.1):
+        assert chamfer(density_surface, shapes.scaled(torus, factor)) > CHAMFER_LEVEL_BETA
 
 
 def test_scene_sphere_with_a_background_network_is_one_sentence():
