@@ -1,8 +1,10 @@
-"""Shared fixtures: synthetic scenes are rendered once per test session into a temporary directory."""
+"""Shared fixtures: synthetic scenes are rendered once per test session into a temporary directory, and the
+tiny `ns-train neus-dtu` run that the command-line tests load is trained once on one of them."""
 
 from pathlib import Path
 
 import pytest
+from helpers import train_tiny
 
 from neurecon_ns.data.synthetic import write_scene
 
@@ -26,3 +28,13 @@ def shared_dtu_scan():
     if not SHARED_DTU.is_dir():
         pytest.skip(f"the real DTU sample is not present at {SHARED_DTU} (it ships beside the repo as shared/data)")
     return SHARED_DTU
+
+
+@pytest.fixture(scope="session")
+def tiny_neus_run(small_scene, tmp_path_factory):
+    """`ns-train neus-dtu` for 2 steps with tiny networks on `small_scene`; returns its config.yml.
+
+    Shared by every test that only loads the run (ns-render, neurecon camera-path, neurecon video): each
+    ns-train costs tens of seconds on CPU. After 2 steps the SDF is still close to its initial sphere.
+    """
+    return train_tiny("neus-dtu", small_scene.output_dir, tmp_path_factory.mktemp("tiny_neus_run"), steps=2)

@@ -3,14 +3,11 @@ nerfstudio as written; `neurecon camera-path` and `ns-render camera-path` work o
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import bin_path, run_tool
 
 from neurecon_ns.camera_paths import (
     angle_about_axis,
@@ -235,47 +232,9 @@ def test_camera_path_json_reads_back_through_nerfstudio(train_c2w):
 # on a run: neurecon camera-path, then ns-render camera-path
 
 
-def run_tool(command, cwd, timeout=600):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def bin_path(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
-TINY_NEUS = [
-    "--machine.device-type", "cpu",
-    "--vis", "tensorboard",
-    "--max-num-iterations", "2",
-    "--steps-per-save", "2",
-    "--pipeline.datamanager.train-num-rays-per-batch", "64",
-    "--pipeline.model.networks.geometry.hidden-dim", "32",
-    "--pipeline.model.networks.geometry.num-layers", "2",
-    "--pipeline.model.networks.geometry.skip-layers",
-    "--pipeline.model.networks.geometry.feature-dim", "16",
-    "--pipeline.model.networks.radiance.hidden-dim", "32",
-    "--pipeline.model.networks.radiance.num-layers", "1",
-    "--pipeline.model.sampler.num-uniform", "16",
-    "--pipeline.model.sampler.num-importance", "16",
-    "--pipeline.model.sampler.num-upsample-steps", "2",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(small_scene, tmp_path_factory):
-    """`ns-train neus-dtu` for 2 steps on the 8-view synthetic scene; returns its config.yml."""
-    workdir = tmp_path_factory.mktemp("camera_path_run")
-    result = run_tool([bin_path("ns-train"), "neus-dtu", "--data", str(small_scene.output_dir), "--output-dir", "outputs", *TINY_NEUS],
-                      cwd=workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (config,) = workdir.glob("outputs/*/neus-dtu/*/config.yml")
-    return config
-
-
-def test_camera_path_cli_writes_json_and_preview(tiny_run, tmp_path):
+def test_camera_path_cli_writes_json_and_preview(tiny_neus_run, tmp_path):
     output = tmp_path / "circle.json"
-    result = run_tool([bin_path("neurecon"), "camera-path", "--load-config", str(tiny_run), "--kind", "small-circle",
+    result = run_tool([bin_path("neurecon"), "camera-path", "--load-config", str(tiny_neus_run), "--kind", "small-circle",
                        "--views", "0", "3", "5", "--frames", "9", "--fps", "3", "--output", str(output), "--preview"],
                       cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -293,8 +252,8 @@ def test_camera_path_cli_writes_json_and_preview(tiny_run, tmp_path):
     assert np.any((pixels[..., 2] > 150) & (pixels[..., 0] < 80))
 
 
-def test_camera_path_cli_wrong_view_is_one_sentence(tiny_run, tmp_path):
-    result = run_tool([bin_path("neurecon"), "camera-path", "--load-config", str(tiny_run), "--kind", "great-circle",
+def test_camera_path_cli_wrong_view_is_one_sentence(tiny_neus_run, tmp_path):
+    result = run_tool([bin_path("neurecon"), "camera-path", "--load-config", str(tiny_neus_run), "--kind", "great-circle",
                        "--views", "0", "8"], cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -304,19 +263,19 @@ def test_camera_path_cli_wrong_view_is_one_sentence(tiny_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ns-render needs an ffmpeg binary on PATH (apt-get install ffmpeg)")
-def test_ns_render_camera_path_round_trip(tiny_run, tmp_path):
+def test_ns_render_camera_path_round_trip(tiny_neus_run, tmp_path):
     """`ns-render camera-path` renders the file at its resolution, one image per frame, for rgb/normal/depth/accumulation."""
     path_json = tmp_path / "path.json"
-    result = run_tool([bin_path("neurecon"), "camera-path", "--load-config", str(tiny_run), "--kind", "spherical-spiral",
+    result = run_tool([bin_path("neurecon"), "camera-path", "--load-config", str(tiny_neus_run), "--kind", "spherical-spiral",
                        "--views", "0", "3", "5", "--frames", "3", "--resolution", "24", "20", "--output", str(path_json)],
                       cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     output = tmp_path / "render"
-    result = run_tool([bin_path("ns-render"), "camera-path", "--load-config", str(tiny_run),
+    result = run_tool([bin_path("ns-render"), "camera-path", "--load-config", str(tiny_neus_run),
                        "--camera-path-filename", str(path_json), "--output-path", str(output),
                        "--output-format", "images", "--image-format", "png",
                        "--rendered-output-names", "rgb", "normal", "depth", "accumulation"],
-                      cwd=tiny_run.parents[4])  # the run's output_dir is relative to where ns-train ran
+                      cwd=tiny_neus_run.parents[4])  # the run's output_dir is relative to where ns-train ran
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     frames = sorted(output.glob("*.png"))
     assert len(frames) == 3

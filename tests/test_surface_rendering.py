@@ -2,15 +2,12 @@
 outputs through its model, the viewer's render-mode dropdown, and ns-render of a UNISURF run in surface mode."""
 
 import copy
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import ns_render_interpolate, train_tiny
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.viewer.utils import parse_object
 from nerfstudio.viewer.viewer_elements import ViewerDropdown
@@ -195,53 +192,16 @@ def test_a_misspelt_render_mode_in_the_config_is_one_sentence():
         config.setup(scene_box=None, num_train_data=4)
 
 
-TINY_UNISURF = [
-    "--machine.device-type", "cpu",
-    "--vis", "tensorboard",
-    "--pipeline.datamanager.train-num-rays-per-batch", "64",
-    "--pipeline.model.networks.geometry.hidden-dim", "32",
-    "--pipeline.model.networks.geometry.num-layers", "2",
-    "--pipeline.model.networks.geometry.skip-layers",
-    "--pipeline.model.networks.geometry.feature-dim", "16",
-    "--pipeline.model.networks.radiance.hidden-dim", "32",
-    "--pipeline.model.networks.radiance.num-layers", "1",
-    "--pipeline.model.sampler.num-search-steps", "64",
-    "--pipeline.model.sampler.num-interval", "16",
-    "--pipeline.model.sampler.num-free-space", "8",
-    "--pipeline.model.root-search-steps", "64",
-    "--pipeline.model.eval-num-rays-per-chunk", "4096",
-]
-
-
-def run_tool(name: str, arguments, cwd):
-    command = [str(Path(sys.executable).parent / name), *arguments]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ns-render needs an ffmpeg binary on PATH (apt-get install ffmpeg)")
 def test_ns_render_of_a_unisurf_run_in_surface_mode(small_scene, tmp_path):
     """`ns-train unisurf-dtu`, then ns-render with `render_mode: surface` set in the run's config.yml."""
-    result = run_tool(
-        "ns-train",
-        ["unisurf-dtu", "--data", str(small_scene.output_dir), "--output-dir", "outputs", "--max-num-iterations", "2",
-         "--steps-per-save", "2", *TINY_UNISURF],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (config_path,) = tmp_path.glob("outputs/*/unisurf-dtu/*/config.yml")
+    config_path = train_tiny("unisurf-dtu", small_scene.output_dir, tmp_path, steps=2)
     text = config_path.read_text()
     assert text.count("render_mode: volume") == 1
     config_path.write_text(text.replace("render_mode: volume", "render_mode: surface"))
     assert yaml.load(config_path.read_text(), Loader=yaml.Loader).pipeline.model.render_mode == "surface"
     output = tmp_path / "render"
-    result = run_tool(
-        "ns-render",
-        ["interpolate", "--load-config", str(config_path), "--output-path", str(output), "--output-format", "images",
-         "--rendered-output-names", "rgb", "normal", "depth", "--interpolation-steps", "1", "--frame-rate", "2",
-         "--downscale-factor", "2"],
-        cwd=tmp_path,
-    )
+    result = ns_render_interpolate(config_path, output, ["rgb", "normal", "depth"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(output.glob("*")), "ns-render wrote nothing"

@@ -4,7 +4,6 @@ normal, depth and accumulation along a path as `ns-render camera-path` does; use
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,39 +11,13 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from helpers import bin_path, run_tool
 
 from neurecon_ns.camera_paths import camera_path_dict, make_camera_path, vertical_fov_deg
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.render.video import check_ffmpeg, load_mesh, read_camera_path, side_by_side
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="videos are written through ffmpeg (apt-get install ffmpeg)")
-
-TINY_NEUS = [
-    "--machine.device-type", "cpu",
-    "--vis", "tensorboard",
-    "--max-num-iterations", "2",
-    "--steps-per-save", "2",
-    "--pipeline.datamanager.train-num-rays-per-batch", "64",
-    "--pipeline.model.networks.geometry.hidden-dim", "32",
-    "--pipeline.model.networks.geometry.num-layers", "2",
-    "--pipeline.model.networks.geometry.skip-layers",
-    "--pipeline.model.networks.geometry.feature-dim", "16",
-    "--pipeline.model.networks.radiance.hidden-dim", "32",
-    "--pipeline.model.networks.radiance.num-layers", "1",
-    "--pipeline.model.sampler.num-uniform", "16",
-    "--pipeline.model.sampler.num-importance", "16",
-    "--pipeline.model.sampler.num-upsample-steps", "2",
-]
-
-
-def run_tool(command, cwd, env=None, timeout=600):
-    env = dict(os.environ if env is None else env, PYTHONWARNINGS="ignore")
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def bin_path(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
 
 def one_sentence(result, expected: str) -> None:
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
@@ -140,28 +113,17 @@ def test_every_method_renders_rgb_normal_depth_accumulation_along_a_path(method,
 # neurecon video on a run written by ns-train
 
 
-@pytest.fixture(scope="module")
-def tiny_run(small_scene, tmp_path_factory):
-    """`ns-train neus-dtu` for 2 steps on the 8-view synthetic scene; returns its config.yml."""
-    workdir = tmp_path_factory.mktemp("video_run")
-    result = run_tool([bin_path("ns-train"), "neus-dtu", "--data", str(small_scene.output_dir), "--output-dir", "outputs", *TINY_NEUS],
-                      cwd=workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (config,) = workdir.glob("outputs/*/neus-dtu/*/config.yml")
-    return config
-
-
 @pytest.mark.slow
 @needs_ffmpeg
-def test_showcase_in_two_commands(tiny_run):
+def test_showcase_in_two_commands(tiny_neus_run):
     """camera-path then video: a 3-panel mp4 with the requested frames, the mesh drawn in its panel."""
-    workdir = tiny_run.parents[4]
+    workdir = tiny_neus_run.parents[4]
     path_json = workdir / "circle.json"
-    result = run_tool([bin_path("neurecon"), "camera-path", "--load-config", str(tiny_run), "--kind", "small-circle",
+    result = run_tool([bin_path("neurecon"), "camera-path", "--load-config", str(tiny_neus_run), "--kind", "small-circle",
                        "--views", "0", "3", "5", "--frames", "4", "--resolution", "32", "24", "--output", str(path_json)],
                       cwd=workdir)
     assert result.returncode == 0, result.stderr[-2000:]
-    result = run_tool([bin_path("neurecon"), "video", "--load-config", str(tiny_run), "--camera-path", str(path_json),
+    result = run_tool([bin_path("neurecon"), "video", "--load-config", str(tiny_neus_run), "--camera-path", str(path_json),
                        "--output", "showcase.mp4", "--mesh-resolution", "32", "--mesh-background", "1.0"], cwd=workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rendering frames" in result.stderr  # the progress bar
@@ -176,23 +138,23 @@ def test_showcase_in_two_commands(tiny_run):
 
 
 @pytest.mark.slow
-def test_video_errors_are_one_sentence(tiny_run, tmp_path):
-    workdir = tiny_run.parents[4]
+def test_video_errors_are_one_sentence(tiny_neus_run, tmp_path):
+    workdir = tiny_neus_run.parents[4]
     train_c2w = np.tile(np.eye(4), (8, 1, 1))
     train_c2w[:, :3, 3] = [[3 * np.cos(a), 3 * np.sin(a), 0.5] for a in np.linspace(0, 2, 8)]
     path_json = small_circle_json(train_c2w, tmp_path / "path.json", 2, 16, 12)
 
     no_ffmpeg_env = dict(os.environ, PATH=str(Path(sys.executable).parent))
-    result = run_tool([bin_path("neurecon"), "video", "--load-config", str(tiny_run), "--camera-path", str(path_json),
+    result = run_tool([bin_path("neurecon"), "video", "--load-config", str(tiny_neus_run), "--camera-path", str(path_json),
                        "--output", str(tmp_path / "out.mp4")], cwd=workdir, env=no_ffmpeg_env)
     one_sentence(result, "ffmpeg was not found on PATH")
 
     points_only = trimesh.Trimesh(vertices=np.random.default_rng(0).random((5, 3)), faces=np.zeros((0, 3), dtype=np.int64))
     points_only.export(tmp_path / "empty.ply")
-    result = run_tool([bin_path("neurecon"), "video", "--load-config", str(tiny_run), "--camera-path", str(path_json),
+    result = run_tool([bin_path("neurecon"), "video", "--load-config", str(tiny_neus_run), "--camera-path", str(path_json),
                        "--mesh", str(tmp_path / "empty.ply"), "--output", str(tmp_path / "out.mp4")], cwd=workdir)
     one_sentence(result, "empty.ply: the mesh is empty")
 
-    result = run_tool([bin_path("neurecon"), "video", "--load-config", str(tiny_run), "--camera-path", str(tmp_path / "nope.json"),
+    result = run_tool([bin_path("neurecon"), "video", "--load-config", str(tiny_neus_run), "--camera-path", str(tmp_path / "nope.json"),
                        "--output", str(tmp_path / "out.mp4")], cwd=workdir)
     one_sentence(result, "nope.json: camera path not found")

@@ -6,7 +6,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -16,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import ns_train_command
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,23 +23,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="needs a Chromium binary on PATH (Debian: apt-get install chromium; .ci/setup installs it)"
 )
-
-TINY_NEUS_VIEWER = [
-    "--machine.device-type", "cpu",
-    "--vis", "viewer",
-    "--max-num-iterations", "3",
-    "--steps-per-save", "3",
-    "--pipeline.datamanager.train-num-rays-per-batch", "64",
-    "--pipeline.model.networks.geometry.hidden-dim", "32",
-    "--pipeline.model.networks.geometry.num-layers", "2",
-    "--pipeline.model.networks.geometry.skip-layers",
-    "--pipeline.model.networks.geometry.feature-dim", "16",
-    "--pipeline.model.networks.radiance.hidden-dim", "32",
-    "--pipeline.model.networks.radiance.num-layers", "1",
-    "--pipeline.model.sampler.num-uniform", "16",
-    "--pipeline.model.sampler.num-importance", "16",
-    "--pipeline.model.sampler.num-upsample-steps", "2",
-]
 
 WINDOW = (800, 600)
 
@@ -104,8 +87,8 @@ def test_viewer_page_shows_the_render(small_scene, tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ns-train"), "neus-dtu", "--data", str(small_scene.output_dir),
-             "--output-dir", str(tmp_path / "outputs"), "--viewer.websocket-port", str(port), *TINY_NEUS_VIEWER],
+            [*ns_train_command("neus-dtu", small_scene.output_dir, steps=3, output_dir=tmp_path / "outputs", vis="viewer"),
+             "--viewer.websocket-port", str(port)],
             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:

@@ -5,15 +5,12 @@ density along each ray; the true opacity comes from dense numerical integration 
 """
 
 import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 from typing import Callable, Tuple
 
 import pytest
 import torch
+from helpers import bin_path, ns_render_interpolate, run_tool, train_tiny
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
@@ -380,48 +377,10 @@ def test_scene_sphere_inside_object_sphere_is_an_error():
 
 # -- nerfstudio's commands and the plugin's mesh tool on a tiny run ---------------------------------
 
-TINY_VOLSDF = [
-    "--machine.device-type", "cpu",
-    "--vis", "tensorboard",
-    "--pipeline.datamanager.train-num-rays-per-batch", "64",
-    "--pipeline.model.networks.geometry.hidden-dim", "32",
-    "--pipeline.model.networks.geometry.num-layers", "2",
-    "--pipeline.model.networks.geometry.skip-layers",
-    "--pipeline.model.networks.geometry.feature-dim", "16",
-    "--pipeline.model.networks.radiance.hidden-dim", "32",
-    "--pipeline.model.networks.radiance.num-layers", "1",
-    "--pipeline.model.sampler.num-initial-samples", "32",
-    "--pipeline.model.sampler.num-samples-per-iteration", "16",
-    "--pipeline.model.sampler.max-iterations", "2",
-    "--pipeline.model.sampler.num-final-samples", "16",
-    "--pipeline.model.sampler.num-coarse-kept", "8",
-    "--pipeline.model.num-eikonal-uniform-points", "64",
-    "--pipeline.model.eval-num-rays-per-chunk", "4096",
-]
-
-
-def run_command(command, cwd, timeout=600):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def bin_path(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
 @pytest.fixture(scope="module")
 def tiny_volsdf_run(small_scene, tmp_path_factory):
     """`ns-train volsdf-dtu` for 4 steps with tiny networks; returns the config.yml path."""
-    workdir = tmp_path_factory.mktemp("ns_train_volsdf")
-    result = run_command(
-        [bin_path("ns-train"), "volsdf-dtu", "--data", str(small_scene.output_dir), "--output-dir", "outputs",
-         "--max-num-iterations", "4", "--steps-per-save", "4", *TINY_VOLSDF],
-        cwd=workdir,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    configs = list(workdir.glob("outputs/*/volsdf-dtu/*/config.yml"))
-    assert len(configs) == 1
-    return configs[0]
+    return train_tiny("volsdf-dtu", small_scene.output_dir, tmp_path_factory.mktemp("ns_train_volsdf"), steps=4)
 
 
 @pytest.mark.slow
@@ -430,12 +389,7 @@ def test_ns_render_writes_volsdf_outputs(tiny_volsdf_run, tmp_path):
     """ns-render loads the run (its exponential learning-rate schedule stores numpy floats in the
     checkpoint) and renders colour, normals and the sampler's rounds per pixel."""
     output = tmp_path / "render"
-    result = run_command(
-        [bin_path("ns-render"), "interpolate", "--load-config", str(tiny_volsdf_run), "--output-path", str(output),
-         "--output-format", "images", "--rendered-output-names", "rgb", "normal", "sampler_iterations",
-         "--interpolation-steps", "1", "--frame-rate", "2", "--downscale-factor", "2"],
-        cwd=tiny_volsdf_run.parents[4],
-    )
+    result = ns_render_interpolate(tiny_volsdf_run, output, ["rgb", "normal", "sampler_iterations"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(output.glob("*")), "ns-render wrote nothing"
 
@@ -445,7 +399,7 @@ def test_neurecon_mesh_extracts_the_volsdf_surface(tiny_volsdf_run, tmp_path):
     import trimesh
 
     output = tmp_path / "mesh.ply"
-    result = run_command(
+    result = run_tool(
         [bin_path("neurecon"), "mesh", "--load-config", str(tiny_volsdf_run), "--output-path", str(output),
          "--resolution", "48", "--space", "unit", "--no-progress"],
         cwd=tiny_volsdf_run.parents[4],
