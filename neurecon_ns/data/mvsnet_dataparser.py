@@ -47,7 +47,13 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
-from neurecon_ns.data.neus_dataparser import IMAGE_SUFFIXES, NeusDataParser, first_existing, opencv_to_opengl
+from neurecon_ns.data.neus_dataparser import (
+    IMAGE_SUFFIXES,
+    common_image_size,
+    first_existing,
+    opencv_to_opengl,
+    split_indices,
+)
 from neurecon_ns.errors import UserInputError
 
 
@@ -114,7 +120,7 @@ class MVSNetDataParser(DataParser):
         if image_dir is None or camera_dir is None:
             raise UserInputError(f"{root}: the MVSNet layout needs blended_images/ (or images/) and cams/ with one *_cam.txt per view.")
         image_paths = self._image_paths(image_dir)
-        width, height = NeusDataParser._common_image_size(image_paths)
+        width, height = common_image_size(image_paths)
         c2w_opencv, intrinsics = [], []
         for image_path in image_paths:
             camera_path = camera_file_for(image_path, camera_dir)
@@ -128,7 +134,7 @@ class MVSNetDataParser(DataParser):
                 )
             c2w_opencv.append(np.linalg.inv(extrinsic))
             intrinsics.append(intrinsic)
-        indices = self._split_indices(len(image_paths), split)
+        indices = split_indices(len(image_paths), split, self.config.eval_mode, self.config.eval_interval)
         c2w_opengl = opencv_to_opengl(np.stack(c2w_opencv)[indices])
         intrinsics_array = np.stack(intrinsics)[indices]
         cameras = Cameras(
@@ -158,13 +164,6 @@ class MVSNetDataParser(DataParser):
         if not paths:
             raise UserInputError(f"{image_dir}: no .png or .jpg images in this directory; copy the views there.")
         return paths
-
-    def _split_indices(self, num_views: int, split: str) -> np.ndarray:
-        all_indices = np.arange(num_views)
-        if self.config.eval_mode == "all":
-            return all_indices
-        held_out = all_indices % self.config.eval_interval == 0
-        return all_indices[held_out] if split in ("val", "test") else all_indices[~held_out]
 
 
 mvsnet_data = DataParserSpecification(

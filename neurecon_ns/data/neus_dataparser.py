@@ -89,6 +89,33 @@ def list_images(directory: Path) -> List[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
+def common_image_size(image_paths: List[Path]) -> Tuple[int, int]:
+    """`(width, height)` that all the images share; an unreadable image or a second size is a UserInputError."""
+    sizes = {}
+    for path in image_paths:
+        try:
+            with Image.open(path) as image:
+                sizes.setdefault(image.size, path)
+        except OSError as error:
+            raise UserInputError(f"{path}: not a readable image ({error}); replace or remove it.") from None
+    if len(sizes) > 1:
+        (size_a, path_a), (size_b, path_b) = list(sizes.items())[:2]
+        raise UserInputError(
+            f"{path_b}: image is {size_b[0]}x{size_b[1]} but {path_a.name} is {size_a[0]}x{size_a[1]}; "
+            "all views of a scene must have the same size."
+        )
+    return next(iter(sizes))
+
+
+def split_indices(num_views: int, split: str, eval_mode: str, eval_interval: int) -> np.ndarray:
+    """The views of `split`: all of them for eval_mode "all", else every `eval_interval`-th one is val/test only."""
+    all_indices = np.arange(num_views)
+    if eval_mode == "all":
+        return all_indices
+    held_out = all_indices % eval_interval == 0
+    return all_indices[held_out] if split in ("val", "test") else all_indices[~held_out]
+
+
 def first_existing(root: Path, names: Tuple[str, ...]) -> Optional[Path]:
     for name in names:
         if (root / name).is_dir():
@@ -129,11 +156,11 @@ class NeusDataParser(DataParser):
         image_paths = list_images(image_dir)
         if not image_paths:
             raise UserInputError(f"{image_dir}: no .png or .jpg images in this directory; copy the views there.")
-        width, height = self._common_image_size(image_paths)
+        width, height = common_image_size(image_paths)
         mask_paths = self._mask_paths(root, image_paths, (width, height))
         intrinsics, c2w_opencv, scale_mat = self._read_cameras(root / self.config.cameras_file, len(image_paths))
 
-        indices = self._split_indices(len(image_paths), split)
+        indices = split_indices(len(image_paths), split, self.config.eval_mode, self.config.eval_interval)
         c2w_opengl = opencv_to_opengl(c2w_opencv[indices])
         cameras = Cameras(
             camera_to_worlds=torch.from_numpy(c2w_opengl[:, :3, :4]).float(),
@@ -157,30 +184,6 @@ class NeusDataParser(DataParser):
             dataparser_transform=torch.from_numpy(transform).float(),
             dataparser_scale=scale,
         )
-
-    def _split_indices(self, num_views: int, split: str) -> np.ndarray:
-        all_indices = np.arange(num_views)
-        if self.config.eval_mode == "all":
-            return all_indices
-        held_out = all_indices % self.config.eval_interval == 0
-        return all_indices[held_out] if split in ("val", "test") else all_indices[~held_out]
-
-    @staticmethod
-    def _common_image_size(image_paths: List[Path]) -> Tuple[int, int]:
-        sizes = {}
-        for path in image_paths:
-            try:
-                with Image.open(path) as image:
-                    sizes.setdefault(image.size, path)
-            except OSError as error:
-                raise UserInputError(f"{path}: not a readable image ({error}); replace or remove it.") from None
-        if len(sizes) > 1:
-            (size_a, path_a), (size_b, path_b) = list(sizes.items())[:2]
-            raise UserInputError(
-                f"{path_b}: image is {size_b[0]}x{size_b[1]} but {path_a.name} is {size_a[0]}x{size_a[1]}; "
-                "all views of a scene must have the same size."
-            )
-        return next(iter(sizes))
 
     def _mask_paths(self, root: Path, image_paths: List[Path], image_size: Tuple[int, int]) -> Optional[List[Path]]:
         if self.config.masks == "off":
