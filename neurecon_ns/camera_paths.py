@@ -235,9 +235,10 @@ def spiral_poses(
     return look_at(positions, center + focus_depth * forward, up)
 
 
-def _arc_angles(full_angle: float, num_frames: int, loop: bool, ease: bool) -> Float[np.ndarray, " num_frames"]:
+def _eased_path_parameter(num_frames: int, loop: bool, ease: bool) -> Float[np.ndarray, " num_frames"]:
+    """`path_parameter`, eased in and out when `ease`."""
     s = path_parameter(num_frames, loop)
-    return full_angle * (ease_in_out(s) if ease else s)
+    return ease_in_out(s) if ease else s
 
 
 def small_circle_poses(
@@ -256,7 +257,8 @@ def small_circle_poses(
     point_a, point_b, point_c = np.asarray(centers, dtype=np.float64)
     center, normal, _ = circumcircle(point_a, point_b, point_c)
     full_angle = 2.0 * np.pi if loop else float(angle_about_axis(point_a - center, point_c - center, normal))
-    positions = center + rotate_about_axis(point_a - center, normal, _arc_angles(full_angle, num_frames, loop, ease))
+    angles = full_angle * _eased_path_parameter(num_frames, loop, ease)
+    positions = center + rotate_about_axis(point_a - center, normal, angles)
     return look_at(positions, target, _oriented(normal, up))
 
 
@@ -282,7 +284,7 @@ def great_circle_poses(
     normal = normalize(normal)
     radius_a, radius_b = np.linalg.norm(offset_a), np.linalg.norm(offset_b)
     angle_b = float(angle_about_axis(offset_a, offset_b, normal))
-    angles = _arc_angles(2.0 * np.pi if loop else angle_b, num_frames, loop, ease)
+    angles = (2.0 * np.pi if loop else angle_b) * _eased_path_parameter(num_frames, loop, ease)
     # distance to the target: linear in the angle from a to b, and (for a loop) back from b to a
     radii = np.where(
         angles <= angle_b,
@@ -324,8 +326,7 @@ def spherical_spiral_poses(
             f"the spiral would end {math.degrees(end_elevation):.0f} degrees above the circle's plane through the target, "
             "at the pole, where the camera's up is undefined"
         )
-    s = path_parameter(num_frames, loop=False)
-    s = ease_in_out(s) if ease else s
+    s = _eased_path_parameter(num_frames, loop=False, ease=ease)
     azimuth = 2.0 * np.pi * turns * s
     elevation = start_elevation + (end_elevation - start_elevation) * s
     axis_1 = normalize(point_a - circle_center)
