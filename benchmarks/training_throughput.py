@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from neurecon_ns.data.synthetic import write_scene
-from neurecon_ns.training import method_config
+from neurecon_ns.training import method_config, run_iteration, setup_trainer
 
 DEFAULT_METHODS = ("neus-dtu", "volsdf-dtu", "unisurf-dtu", "neus-nerfpp", "volsdf-nerfpp", "neus-fast")
 
@@ -75,18 +75,7 @@ def build_trainer(method: str, scene: Path, output_dir: Path, device: str):
     config.output_dir = output_dir
     config.data = scene
     config.pipeline.datamanager.data = scene
-    config.set_timestamp()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer, config
-
-
-def run_iteration(trainer, step: int) -> None:
-    for callback in trainer.callbacks:
-        callback.run_callback_at_location(step, location="before_train_iteration")
-    trainer.train_iteration(step)
-    for callback in trainer.callbacks:
-        callback.run_callback_at_location(step, location="after_train_iteration")
+    return setup_trainer(config), config
 
 
 def main() -> None:

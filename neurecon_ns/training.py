@@ -59,17 +59,34 @@ def small_cpu_config(
 
     model = config.pipeline.model
     geometry = model.networks.geometry
-    geometry.hidden_dim = hidden_dim
-    geometry.num_layers = num_layers
-    geometry.skip_layers = (num_layers // 2,) if num_layers >= 4 else ()
-    geometry.feature_dim = hidden_dim
-    radiance = model.networks.radiance
-    radiance.hidden_dim = hidden_dim
-    radiance.num_layers = 2
+    if geometry.encoding == "hash":
+        # the grid holds the detail and the MLPs are already small: only the grid shrinks
+        _shrink_hash_grid(geometry.hash_grid, steps)
+        model.occupancy_grid_resolution = min(model.occupancy_grid_resolution, 48)
+    else:
+        geometry.hidden_dim = hidden_dim
+        geometry.num_layers = num_layers
+        geometry.skip_layers = (num_layers // 2,) if num_layers >= 4 else ()
+        geometry.feature_dim = hidden_dim
+        radiance = model.networks.radiance
+        radiance.hidden_dim = hidden_dim
+        radiance.num_layers = 2
     model.eval_num_rays_per_chunk = 4096
     _shrink_sampler(model)
     _fit_schedules(config, steps)
     return config
+
+
+def _shrink_hash_grid(grid, steps: int) -> None:
+    """A grid a CPU can afford: 8 levels up to 256 cells per axis (a cell of 1/128 of the unit sphere's
+    diameter, finer than a pixel of the images a CPU run trains on) in tables of 2^18 entries, which
+    hold the coarse half of the levels densely; the levels all switch on in the first half of the run."""
+    grid.num_levels = 8
+    grid.max_resolution = min(grid.max_resolution, 256)
+    grid.log2_hashmap_size = min(grid.log2_hashmap_size, 18)
+    grid.initial_levels = min(grid.initial_levels, grid.num_levels)
+    if grid.steps_per_level > 0:
+        grid.steps_per_level = max(1, steps // (2 * max(grid.num_levels - grid.initial_levels, 1)))
 
 
 def _shrink_sampler(model) -> None:
@@ -106,11 +123,27 @@ def _fit_schedules(config: TrainerConfig, steps: int) -> None:
         model.cos_anneal_end = max(steps // 4, 1)
 
 
-def train(config: TrainerConfig, local_rank: int = 0, world_size: int = 1):
-    """Run nerfstudio's trainer in this process; returns the trainer (its pipeline holds the model)."""
+def setup_trainer(config: TrainerConfig, local_rank: int = 0, world_size: int = 1):
+    """nerfstudio's trainer for `config`, set up in this process (model, data, optimisers, callbacks)."""
     config.set_timestamp()
     config.save_config()  # before nothing is attached to the config, so config.yml stays loadable
     trainer = config.setup(local_rank=local_rank, world_size=world_size)
     trainer.setup()
+    return trainer
+
+
+def run_iteration(trainer, step: int) -> None:
+    """One training iteration as `Trainer.train` runs it (callbacks before and after), without its
+    logging, evaluation and checkpoints: for benchmarks that time or inspect training step by step."""
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location="before_train_iteration")
+    trainer.train_iteration(step)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location="after_train_iteration")
+
+
+def train(config: TrainerConfig, local_rank: int = 0, world_size: int = 1):
+    """Run nerfstudio's trainer in this process; returns the trainer (its pipeline holds the model)."""
+    trainer = setup_trainer(config, local_rank, world_size)
     trainer.train()
     return trainer

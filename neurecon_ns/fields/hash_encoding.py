@@ -57,38 +57,64 @@ HASH_PRIMES = (1, 2654435761, 805459861)
 
 
 class MultiResolutionGrid(nn.Module):
-    """Multi-resolution grid features in torch: `[0, 1]^3 -> [L * F]`, trilinear within each level."""
+    """Multi-resolution grid features in torch: `[0, 1]^3 -> [L * F]`, trilinear within each level.
+
+    Levels are ordered coarse to fine, so the densely indexed ones come first. The row of each of a
+    cell's 8 corners is built from per-axis terms of its lowest vertex, never from 8 x 3 coordinates:
+    a dense level adds constant corner offsets to the lowest vertex's row, a hashed level XORs the two
+    values each axis can take. This, and one gather for all levels and corners, is what makes the grid
+    usable on a CPU.
+    """
 
     def __init__(self, resolutions: List[int], features_per_level: int, log2_table_size: int, init_scale: float = 1e-4):
         super().__init__()
+        if list(resolutions) != sorted(resolutions):
+            raise ValueError(f"grid resolutions must grow from level to level, got {resolutions}")
         table_size = 2**log2_table_size
         vertices = [(resolution + 1) ** 3 for resolution in resolutions]
         sizes = [min(count, table_size) for count in vertices]
+        self.table_size = table_size
+        self.num_dense = sum(count <= table_size for count in vertices)
+        offsets = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)
+        strides = torch.tensor(resolutions, dtype=torch.long) + 1
+        # dense level: row of corner (i, j, k) = row of the lowest vertex + (i * stride + j) * stride + k
+        dense_corner_rows = (CORNER_OFFSETS[:, 0] * strides[:, None] + CORNER_OFFSETS[:, 1]) * strides[:, None] + CORNER_OFFSETS[:, 2]
         self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.float32), persistent=False)
         self.register_buffer("hashed", torch.tensor([count > table_size for count in vertices]), persistent=False)
         self.register_buffer("level_sizes", torch.tensor(sizes, dtype=torch.long), persistent=False)
-        self.register_buffer("level_offsets", torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0), persistent=False)
+        self.register_buffer("level_offsets", offsets, persistent=False)
+        self.register_buffer("strides", strides, persistent=False)
+        self.register_buffer("dense_corner_rows", dense_corner_rows + offsets[:, None], persistent=False)  # [L, 8]
         self.table = nn.Parameter((torch.rand(sum(sizes), features_per_level) * 2 - 1) * init_scale)
 
-    def vertex_index(self, vertices: Tensor) -> Tensor:
-        """Row of the table for integer vertices `[..., L, 8, 3]`: dense index or spatial hash, per level."""
-        stride = self.resolutions.long()[:, None] + 1  # [L, 1]
-        dense = (vertices[..., 0] * stride + vertices[..., 1]) * stride + vertices[..., 2]
-        hashed = vertices[..., 0] * HASH_PRIMES[0]
-        hashed = torch.bitwise_xor(hashed, vertices[..., 1] * HASH_PRIMES[1])
-        hashed = torch.bitwise_xor(hashed, vertices[..., 2] * HASH_PRIMES[2])
-        index = torch.where(self.hashed[:, None], hashed, dense) % self.level_sizes[:, None]
-        return index + self.level_offsets[:, None]
+    def corner_rows(self, lowest: Tensor) -> Tensor:
+        """Table rows of the 8 corners of the cells whose lowest vertices are `lowest` `[N, L, 3]` -> `[N, L, 8]`."""
+        rows = []
+        num_dense = self.num_dense
+        if num_dense > 0:
+            vertex = lowest[:, :num_dense]
+            stride = self.strides[:num_dense]
+            lowest_row = (vertex[..., 0] * stride + vertex[..., 1]) * stride + vertex[..., 2]
+            rows.append(lowest_row[..., None] + self.dense_corner_rows[:num_dense])
+        if num_dense < lowest.shape[1]:
+            vertex = lowest[:, num_dense:]
+            # per axis, the hash terms of the two values the corner coordinate takes: [N, Lh, 2]
+            axis_terms = [torch.stack([vertex[..., axis], vertex[..., axis] + 1], dim=-1) * prime for axis, prime in enumerate(HASH_PRIMES)]
+            hashed = axis_terms[0][..., :, None, None] ^ axis_terms[1][..., None, :, None] ^ axis_terms[2][..., None, None, :]
+            # the table size is a power of two: the modulo is a mask
+            rows.append((hashed.flatten(-3) & (self.table_size - 1)) + self.level_offsets[num_dense:, None])
+        return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
 
     def forward(self, unit_points: Float[Tensor, "num_points 3"]) -> Float[Tensor, "num_points num_features"]:
         scaled = unit_points[:, None, :] * self.resolutions[:, None]  # [N, L, 3]
         lowest = torch.floor(scaled).clamp(max=self.resolutions[:, None] - 1)
         fraction = scaled - lowest  # [N, L, 3], in [0, 1]
-        offsets = CORNER_OFFSETS.to(unit_points.device)
-        vertices = lowest.long()[:, :, None, :] + offsets  # [N, L, 8, 3]
-        # trilinear weight of each corner: prod over axes of (fraction or 1 - fraction)
-        weights = torch.where(offsets.bool(), fraction[:, :, None, :], 1.0 - fraction[:, :, None, :]).prod(dim=-1)
-        features = self.table[self.vertex_index(vertices)]  # [N, L, 8, F]
+        # trilinear weight of corner (i, j, k): the product over axes of (1 - fraction) or fraction
+        axis_weights = torch.stack([1.0 - fraction, fraction], dim=-1)  # [N, L, 3, 2]
+        weights = (
+            axis_weights[..., 0, :, None, None] * axis_weights[..., 1, None, :, None] * axis_weights[..., 2, None, None, :]
+        ).flatten(-3)  # [N, L, 8]
+        features = self.table[self.corner_rows(lowest.long())]  # [N, L, 8, F]
         return (features * weights[..., None]).sum(dim=2).flatten(1)
 
 

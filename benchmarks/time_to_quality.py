@@ -1,0 +1,95 @@
+"""Time to quality: Chamfer distance to the exact surface against seconds of training.
+
+Each method is shrunk for the CPU by `training.small_cpu_config` (the MLP methods to 4 x 64 networks and
+256 rays; hash-grid methods keep their small MLPs, the grid shrinks) and trained with nerfstudio's own
+training iteration on one synthetic object (`data/synthetic.py`: 96x96 views, 40 of them, masks). Every
+`--eval-every` seconds of training the clock stops, the surface is extracted (coarse-to-fine, 128^3) and
+compared with the exact one; the table gives the Chamfer distance in unit-sphere units and in pixels at
+the object (the footprint of one pixel at the object's centre from the mean camera distance). Training
+stops at `--minutes` or after `--steps`, whichever comes first; the schedules are fitted to `--steps`.
+`docs/benchmarks.md` keeps results.
+
+    python benchmarks/time_to_quality.py                                  # neus-fast and neus-dtu, 5 minutes each
+    python benchmarks/time_to_quality.py --methods neus-fast --minutes 5 --steps 1000
+    python benchmarks/time_to_quality.py --methods neus-fast --set networks.gradient=numerical --rays 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import trimesh
+
+from neurecon_ns.data.synthetic import CAMERA_DISTANCE_RANGE, intrinsics_matrix, write_scene
+from neurecon_ns.mesh.evaluate import compare_meshes
+from neurecon_ns.mesh.model_mesh import extract_model_surface
+from neurecon_ns.training import method_config, run_iteration, setup_trainer, small_cpu_config
+
+
+def set_dotted(target, name: str, value: str) -> None:
+    """`target.a.b = value`, the value read as a Python literal when it is one (else kept as a string)."""
+    *path, last = name.split(".")
+    for part in path:
+        target = getattr(target, part)
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    setattr(target, last, parsed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["neus-fast", "neus-dtu"])
+    parser.add_argument("--minutes", type=float, default=5.0, help="training time budget per method")
+    parser.add_argument("--steps", type=int, default=1000, help="schedule length (and step limit)")
+    parser.add_argument("--eval-every", type=float, default=30.0, help="seconds of training between evaluations")
+    parser.add_argument("--shape", default="composite")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--num-views", type=int, default=40)
+    parser.add_argument("--mesh-resolution", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rays", type=int, default=None, help="rays per batch (default: small_cpu_config's choice)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="model settings by dotted name, e.g. networks.gradient=numerical")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="neurecon_ttq_"))
+    scene = write_scene(work / "scene", shape=args.shape, num_views=args.num_views, width=args.image_size,
+                        height=args.image_size, mesh_resolution=256)
+    reference = trimesh.load(scene.output_dir / "gt_mesh_unit.ply", force="mesh")
+    pixel = sum(CAMERA_DISTANCE_RANGE) / 2 / intrinsics_matrix(args.image_size, args.image_size)[0, 0]
+    print(f"scene: {args.shape}, {args.num_views} views of {args.image_size}x{args.image_size}; one pixel at the "
+          f"object = {pixel:.4f}; {torch.get_num_threads()} CPU threads; budget {args.minutes:g} min or {args.steps} steps")
+    print(f"{'method':<12}{'step':>7}{'train s':>9}{'s/step':>8}{'Chamfer':>9}{'pixels':>8}{'F@0.02':>8}")
+    budget = args.minutes * 60.0
+    for method in args.methods:
+        sizes = {} if args.rays is None else {"rays_per_batch": args.rays}
+        config = small_cpu_config(method_config(method), scene.output_dir, work / "outputs", args.steps, seed=args.seed, **sizes)
+        for setting in args.set:
+            name, value = setting.split("=", 1)
+            set_dotted(config.pipeline.model, name, value)
+        trainer = setup_trainer(config)
+        model = trainer.pipeline.model
+        train_seconds, step, next_eval = 0.0, 0, args.eval_every
+        while step < args.steps and train_seconds < budget:
+            started = time.perf_counter()
+            run_iteration(trainer, step)
+            train_seconds += time.perf_counter() - started
+            step += 1
+            if train_seconds >= next_eval or step == args.steps or train_seconds >= budget:
+                next_eval += args.eval_every
+                mesh = extract_model_surface(model, resolution=args.mesh_resolution)
+                report = compare_meshes(mesh, reference, num_points=30_000, thresholds=(0.02,))
+                print(f"{method:<12}{step:>7}{train_seconds:>9.0f}{train_seconds / step:>8.2f}{report.chamfer:>9.4f}"
+                      f"{report.chamfer / pixel:>8.2f}{report.fscore[0.02]:>8.3f}", flush=True)
+        del trainer, model
+
+
+if __name__ == "__main__":
+    main()
