@@ -3,8 +3,9 @@
 The model is an existing run (`--load-config`) or, by default, `neus-dtu` shrunk by
 `training.small_cpu_config` (geometry network of 4 layers of 64, radiance network of 2 layers of 64) and
 trained for `--steps` on a synthetic scene, so that its zero level set is object-like. Each extraction runs in a
-forked child process, which reports its peak resident memory above what it started with (the model and the
-loaded libraries are shared, not counted). `docs/meshes.md` keeps results.
+fresh child process that loads the run and reports its peak resident memory above what it held before extracting
+(the model and the loaded libraries are not counted). A spawned child, not a forked one: a fork of a process
+whose OpenMP threads have run (the training) can hang in the child. `docs/meshes.md` keeps results.
 
     python benchmarks/mesh_extraction.py                                  # short NeuS run, 256 and 512
     python benchmarks/mesh_extraction.py --load-config outputs/.../config.yml --resolutions 256 512 1024 --no-dense
@@ -35,8 +36,12 @@ def resident_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _extract_in_child(model, resolution: int, dense: bool, chunk_size: int, queue) -> None:
-    # the peak of a forked child starts at its size when forked; reset it where the kernel allows
+def _extract_in_child(config_path: Path, resolution: int, dense: bool, chunk_size: int, threads: int, queue) -> None:
+    from neurecon_ns.runs import load_run
+
+    torch.set_num_threads(threads)
+    model = load_run(config_path, device="cpu").model.eval()
+    # the peak so far is the loading's; reset it where the kernel allows
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -61,10 +66,11 @@ def _extract_in_child(model, resolution: int, dense: bool, chunk_size: int, queu
     )
 
 
-def measure(model, resolution: int, dense: bool, chunk_size: int) -> Dict:
-    context = multiprocessing.get_context("fork")
+def measure(config_path: Path, resolution: int, dense: bool, chunk_size: int) -> Dict:
+    context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_extract_in_child, args=(model, resolution, dense, chunk_size, queue))
+    args = (config_path, resolution, dense, chunk_size, torch.get_num_threads(), queue)
+    child = context.Process(target=_extract_in_child, args=args)
     child.start()
     result = queue.get()
     child.join()
@@ -109,7 +115,7 @@ def main() -> None:
         results: List[Dict] = []
         for resolution in args.resolutions:
             for dense in ([False] if args.no_dense else [False, True]):
-                result = measure(model, resolution, dense, args.chunk_size)
+                result = measure(config_path, resolution, dense, args.chunk_size)
                 result["load_average"] = os.getloadavg()[0]
                 results.append(result)
                 print(json.dumps(result))
