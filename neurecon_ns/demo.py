@@ -9,6 +9,7 @@ Distances are measured in the unit-sphere space of the scene, where the object s
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,25 @@ class ShortRun:
     """nerfstudio's trainer (its pipeline holds the model)."""
 
 
+def short_run_settings(method: str, steps: int) -> Dict[str, Any]:
+    """Model settings with which a run of `method` only `steps` long finds the surface of a synthetic scene
+    (masks, black background); `train_short` applies them before its own `overrides`.
+
+    The papers' schedules assume 100k-450k steps; compressed to a few hundred, two methods need more:
+    - VolSDF (docs/volsdf.md): the mask loss instead of the scene sphere, so rays end transparent on black
+      and the object cannot dissolve into the background; and beta starting at 0.03, since Adam moves beta
+      by about its learning rate per step and from the paper's 0.1 would not reach a surface's sharpness;
+    - UNISURF (docs/unisurf.md): eq. 10's interval reaches its minimum after 4/9 of the run, as 1.5e-5 does
+      after 200k of 450k steps; and a saturated interior (logit scale 50) keeps the initial sphere a surface
+      on a black background.
+    """
+    if method == "volsdf-dtu":
+        return {"mask_loss_weight": 0.1, "scene_sphere_background": False, "eikonal_radius": 1.2, "init_beta": 0.03}
+    if method == "unisurf-dtu":
+        return {"sampler.interval_decay": 9 * math.log(1.0 / 0.05) / (4 * steps), "logit_scale": 50.0}
+    return {}
+
+
 def train_short(
     method: str,
     scene_dir: Path,
@@ -53,7 +73,8 @@ def train_short(
     """Train `method` for `steps` on the scene in `scene_dir` (written by `write_scene`) and measure it.
 
     `small_config` goes to `small_cpu_config` (hidden_dim, num_layers, rays_per_batch, seed);
-    `overrides` sets model config attributes by dotted name, e.g. `{"mask_loss_weight": 0.0}`.
+    `overrides` sets model config attributes by dotted name, e.g. `{"mask_loss_weight": 0.0}`, on top of
+    `short_run_settings(method, steps)`.
     `dataparser` replaces the method's data parser (its `data` is the capture: `scene_dir`, or
     `scene_dir/blender` for `blender-data`); the surface is measured in the scene's unit-sphere space
     whatever normalisation the run used.
@@ -62,7 +83,7 @@ def train_short(
     config = small_cpu_config(method_config(method), data, output_dir, steps, **small_config)
     if dataparser is not None:
         config.pipeline.datamanager.dataparser = dataparser
-    for name, value in (overrides or {}).items():
+    for name, value in {**short_run_settings(method, steps), **(overrides or {})}.items():
         target = config.pipeline.model
         *path, last = name.split(".")
         for part in path:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 from pathlib import Path
 
+import numpy as np
+import torch
 from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig, ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 
@@ -62,6 +65,10 @@ def small_cpu_config(
     if geometry.encoding == "hash":
         # the grid holds the detail and the MLPs are already small: only the grid shrinks
         _shrink_hash_grid(geometry.hash_grid, steps)
+        geometry.hash_grid.implementation = "torch"
+        # the torch grid has a second derivative, and on a CPU autograd's gradient and its backward cost
+        # a third of the 7-point central differences (benchmarks/time_to_quality.py, docs/speed.md)
+        model.networks.gradient = "analytic"
         model.occupancy_grid_resolution = min(model.occupancy_grid_resolution, 48)
     else:
         geometry.hidden_dim = hidden_dim
@@ -127,6 +134,10 @@ def setup_trainer(config: TrainerConfig, local_rank: int = 0, world_size: int = 
     """nerfstudio's trainer for `config`, set up in this process (model, data, optimisers, callbacks)."""
     config.set_timestamp()
     config.save_config()  # before nothing is attached to the config, so config.yml stays loadable
+    # as `ns-train` does: the same seed gives the same initialisation and the same rays
+    random.seed(config.machine.seed + local_rank)
+    np.random.seed(config.machine.seed + local_rank)
+    torch.manual_seed(config.machine.seed + local_rank)
     trainer = config.setup(local_rank=local_rank, world_size=world_size)
     trainer.setup()
     return trainer

@@ -18,10 +18,25 @@ NEUS_CHAMFER_BOUND = 0.05
 """Measured 0.036 after 400 steps (seed 0, 2 CPU cores, 7 minutes); 0.05 is about 1.2 pixels at the object."""
 
 
+FAST_STEPS = 300
+FAST_CHAMFER_BOUND = 0.02
+"""neus-fast at its CPU size (`small_cpu_config`: 8-level grid, 256 rays): measured FAST_MEASURED after
+300 steps (seed 0, about 80 s of 2 CPU cores), half a pixel at the object."""
+
+
 @pytest.fixture(scope="module")
-def neus_run(tmp_path_factory):
-    scene = write_scene(tmp_path_factory.mktemp("sphere_scene"), shape="sphere", num_views=32, width=64, height=64, mesh_resolution=160)
-    return train_short("neus-dtu", scene.output_dir, tmp_path_factory.mktemp("neus"), NEUS_STEPS)
+def sphere_scene(tmp_path_factory):
+    return write_scene(tmp_path_factory.mktemp("sphere_scene"), shape="sphere", num_views=32, width=64, height=64, mesh_resolution=160)
+
+
+@pytest.fixture(scope="module")
+def neus_run(sphere_scene, tmp_path_factory):
+    return train_short("neus-dtu", sphere_scene.output_dir, tmp_path_factory.mktemp("neus"), NEUS_STEPS)
+
+
+@pytest.fixture(scope="module")
+def fast_run(sphere_scene, tmp_path_factory):
+    return train_short("neus-fast", sphere_scene.output_dir, tmp_path_factory.mktemp("neus_fast"), FAST_STEPS)
 
 
 @pytest.mark.slow
@@ -35,3 +50,14 @@ def test_the_same_judge_rejects_a_sphere_10_percent_too_large(neus_run):
     report = compare_meshes(neus_run.mesh_unit, wrong, num_points=30_000)
     # measured 0.040 against the wrong sphere vs 0.036 against the true one: the mesh is closer to the truth
     assert report.chamfer > neus_run.report.chamfer, (report, neus_run.report)
+
+
+@pytest.mark.slow
+def test_neus_fast_converges_to_the_exact_surface_and_not_to_a_wrong_one(fast_run):
+    """The hash-grid preset, on the same scene and judge: within FAST_CHAMFER_BOUND of the exact sphere,
+    and farther than that from spheres 10% larger or smaller (0.06 from the true one everywhere)."""
+    assert fast_run.report.chamfer < FAST_CHAMFER_BOUND, fast_run.report
+    for factor in (0.9, 1.1):
+        wrong = surface_mesh(scaled(get_shape("sphere"), factor), resolution=160)
+        assert compare_meshes(fast_run.mesh_unit, wrong, num_points=30_000).chamfer > FAST_CHAMFER_BOUND
+

@@ -17,7 +17,7 @@ from neurecon_ns.mesh.extract import extract_level_set
 from neurecon_ns.scripts.eval_mesh import EvalMesh
 from neurecon_ns.scripts.mesh import Mesh
 
-METHODS = ("neus-dtu", "volsdf-dtu", "unisurf-dtu")
+METHODS = ("neus-dtu", "volsdf-dtu", "unisurf-dtu", "neus-fast")
 
 
 @pytest.fixture(scope="module")

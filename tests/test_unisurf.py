@@ -318,14 +318,8 @@ def test_model_with_render_control_survives_deepcopy_and_keeps_state_dict_keys()
 # -- convergence ------------------------------------------------------------------------------------
 
 SHORT_RUN_STEPS = 300
-SHORT_RUN_OVERRIDES = {
-    # eq. 10 compressed: Delta reaches Delta_min after 4/9 of the run, as 1.5e-5 does after 200k of 450k
-    "sampler.interval_decay": 9 * math.log(1.0 / 0.05) / (4 * SHORT_RUN_STEPS),
-    # a saturated interior keeps the initial sphere a surface on a black background (docs/unisurf.md)
-    "logit_scale": 50.0,
-}
 CHAMFER_THRESHOLD = 0.05
-"""Measured with these settings: 0.042 (seed 0) and 0.038 (seed 1); against the object scaled by 1.1 the
+"""Measured with `demo.short_run_settings` (interval schedule compressed to the run, logit scale 50): 0.042 (seed 0) and 0.038 (seed 1); against the object scaled by 1.1 the
 same meshes are 0.063 and 0.060 away. NeuS on the same scene and budget: 0.052. One pixel at the object is
 about 0.04 in unit-sphere units."""
 
@@ -335,7 +329,7 @@ def test_short_unisurf_run_converges_to_the_synthetic_shape(training_scene, tmp_
     from neurecon_ns.demo import train_short
     from neurecon_ns.mesh.evaluate import compare_meshes
 
-    run = train_short("unisurf-dtu", training_scene.output_dir, tmp_path, SHORT_RUN_STEPS, overrides=SHORT_RUN_OVERRIDES)
+    run = train_short("unisurf-dtu", training_scene.output_dir, tmp_path, SHORT_RUN_STEPS)
     assert run.report.chamfer < CHAMFER_THRESHOLD, run.report
     wrong = shapes.surface_mesh(shapes.scaled(shapes.composite(), 1.1), resolution=160)
     against_wrong = compare_meshes(run.mesh_unit, wrong, num_points=30_000, thresholds=(0.01, 0.02, 0.05))

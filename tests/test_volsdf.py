@@ -415,17 +415,7 @@ def test_neurecon_mesh_extracts_the_volsdf_surface(tiny_volsdf_run, tmp_path):
 # -- convergence of a short CPU training to a known shape -----------------------------------------
 
 SHORT_RUN_STEPS = 500
-SHORT_RUN_OVERRIDES = {
-    # the synthetic views have masks and a black background, as NeuS's masked setting (neus-dtu) uses them:
-    # rays end transparent on black and the mask loss keeps the object from dissolving into the background
-    "mask_loss_weight": 0.1,
-    "scene_sphere_background": False,
-    "eikonal_radius": 1.2,
-    # beta is learnt linearly (Adam moves it by about lr per step): from the paper's 0.1 it cannot reach the
-    # sharpness of a surface within a few hundred steps, so a short run starts where it would be heading
-    "init_beta": 0.03,
-}
-# Measured on this scene and settings: Chamfer 0.045 at level 0, 0.021 at level beta (beta = 0.044 at the
+# Measured on this scene with `demo.short_run_settings` (mask loss, no scene sphere, beta from 0.03): Chamfer 0.045 at level 0, 0.021 at level beta (beta = 0.044 at the
 # end). A 10% larger torus is 0.069 from the level-0 surface and 0.042 from the level-beta one, a 10% smaller
 # one 0.036 from the level-beta surface, the torus turned by 30 degrees 0.089 from the level-0 surface.
 CHAMFER_LEVEL_ZERO = 0.055
@@ -460,8 +450,7 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
     from neurecon_ns.mesh.evaluate import compare_meshes
     from neurecon_ns.mesh.extract import extract_level_set
 
-    run = train_short("volsdf-dtu", torus_scene.output_dir, tmp_path / "outputs", SHORT_RUN_STEPS,
-                      overrides=SHORT_RUN_OVERRIDES)
+    run = train_short("volsdf-dtu", torus_scene.output_dir, tmp_path / "outputs", SHORT_RUN_STEPS)
     model = run.trainer.pipeline.model
     torus = shapes.get_shape("torus")
     turn = shapes.rotation_about_axis((1.0, 0.0, 0.0), np.deg2rad(30.0))
