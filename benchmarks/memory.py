@@ -20,14 +20,7 @@ from pathlib import Path
 from typing import Dict
 
 import torch
-
-
-def resident_kib(field: str) -> int:
-    """`VmRSS` (now) or `VmHWM` (peak) of this process, in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+from mesh_extraction import resident_kib  # this folder is on sys.path when a script here runs
 
 
 def _measure_in_child(method: str, rays: int, scene: Path, device: str, threads: int, queue) -> None:

@@ -36,6 +36,18 @@ CAMERA_OPTIMIZER = {
 }
 
 
+def neus_paper_optimizers() -> dict:
+    """NeuS's schedule (lr 5e-4, 5k warm-up, cosine decay to 5% over 300k steps) for the networks and, as in
+    the paper, for the variance."""
+    def schedule() -> dict:
+        return {
+            "optimizer": AdamOptimizerConfig(lr=5e-4),
+            "scheduler": CosineDecaySchedulerConfig(warm_up_end=5000, learning_rate_alpha=0.05, max_steps=300000),
+        }
+
+    return {"fields": schedule(), "variance": schedule(), "camera_opt": dict(CAMERA_OPTIMIZER)}
+
+
 def _trainer(
     method_name: str, max_steps: int, pipeline: VanillaPipelineConfig, optimizers: dict, mixed_precision: bool = False
 ) -> TrainerConfig:
@@ -73,13 +85,7 @@ neus_dtu = MethodSpecification(
                 eval_num_rays_per_chunk=1024,
             ),
         ),
-        optimizers={
-            "fields": {
-                "optimizer": AdamOptimizerConfig(lr=5e-4),
-                "scheduler": CosineDecaySchedulerConfig(warm_up_end=5000, learning_rate_alpha=0.05, max_steps=300000),
-            },
-            "camera_opt": CAMERA_OPTIMIZER,
-        },
+        optimizers=neus_paper_optimizers(),
     ),
     description="NeuS (Wang et al. 2021), paper settings for object captures with masks (DTU)",
 )
@@ -198,13 +204,7 @@ neus_nerfpp = MethodSpecification(
                 eval_num_rays_per_chunk=1024,
             ),
         ),
-        optimizers={
-            "fields": {
-                "optimizer": AdamOptimizerConfig(lr=5e-4),
-                "scheduler": CosineDecaySchedulerConfig(warm_up_end=5000, learning_rate_alpha=0.05, max_steps=300000),
-            },
-            "camera_opt": CAMERA_OPTIMIZER,
-        },
+        optimizers=neus_paper_optimizers(),
     ),
     description="NeuS with a NeRF++ background, for captures without masks (NeuS's BlendedMVS 'womask' settings)",
 )
@@ -302,6 +302,10 @@ neus_fast = MethodSpecification(
         optimizers={
             "fields": {
                 "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+                "scheduler": CosineDecaySchedulerConfig(warm_up_end=500, learning_rate_alpha=0.05, max_steps=20000),
+            },
+            "variance": {
+                "optimizer": AdamOptimizerConfig(lr=1e-3),
                 "scheduler": CosineDecaySchedulerConfig(warm_up_end=500, learning_rate_alpha=0.05, max_steps=20000),
             },
             "camera_opt": CAMERA_OPTIMIZER,

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import random
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,10 +37,14 @@ def small_cpu_config(
     steps: int,
     hidden_dim: int = 64,
     num_layers: int = 4,
-    rays_per_batch: int = 256,
+    rays_per_batch: Optional[int] = None,
     seed: int = 0,
 ) -> TrainerConfig:
-    """The method shrunk for a CPU: small networks, fewer rays, schedule fitted to `steps`."""
+    """The method shrunk for a CPU: small networks, fewer rays, schedule fitted to `steps`.
+
+    `rays_per_batch` defaults to 256, or 512 for hash-grid methods: a grid's cells are each trained by few
+    rays, and at 256 the surfaces of 5-minute runs varied between 0.4 and 1.8 pixels from run to run.
+    """
     config = copy.deepcopy(config)
     config.machine.device_type = "cpu"
     config.machine.seed = seed
@@ -57,6 +62,8 @@ def small_cpu_config(
 
     datamanager = config.pipeline.datamanager
     datamanager.data = Path(data)
+    if rays_per_batch is None:
+        rays_per_batch = 512 if config.pipeline.model.networks.geometry.encoding == "hash" else 256
     datamanager.train_num_rays_per_batch = rays_per_batch
     datamanager.eval_num_rays_per_batch = rays_per_batch
 

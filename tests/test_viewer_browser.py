@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import ns_train_command
+from helpers import bin_path, ns_train_command
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,11 +34,11 @@ def free_port() -> int:
 
 
 def wait_for_page(port: int, process: subprocess.Popen, log_path: Path, timeout: float = 600.0) -> None:
-    """Until the viewer answers HTTP on `port`; fails with the end of the log if ns-train exits first."""
+    """Until the viewer answers HTTP on `port`; fails with the end of the log if the process exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"ns-train exited with {process.returncode} before the viewer came up:\n{log_path.read_text()[-3000:]}")
+            pytest.fail(f"{process.args[0]} exited with {process.returncode} before the viewer came up:\n{log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
                 if response.status == 200:
@@ -79,18 +79,14 @@ def holds_a_render(pixels: np.ndarray) -> bool:
     return bool(header_is_dark and white_fraction < 0.2 and patch.std() > 2.0)
 
 
-@pytest.mark.slow
-@needs_chromium
-def test_viewer_page_shows_the_render(small_scene, tmp_path):
-    port = free_port()
-    log_path = tmp_path / "ns-train.log"
+def assert_page_shows_a_render(command, tmp_path: Path) -> None:
+    """Start `command` (a nerfstudio command serving the viewer on the port it names), open its page in headless
+    Chromium and check that the viewport holds a render; the process is stopped afterwards."""
+    port = int(command[command.index("--viewer.websocket-port") + 1])
+    log_path = tmp_path / "viewer.log"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [*ns_train_command("neus-dtu", small_scene.output_dir, steps=3, output_dir=tmp_path / "outputs", vis="viewer"),
-             "--viewer.websocket-port", str(port)],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_page(port, process, log_path)
         # the first render needs the client's camera, then a CPU render: give the page more time if it is not there yet
@@ -103,7 +99,7 @@ def test_viewer_page_shows_the_render(small_scene, tmp_path):
         patch = viewport(pixels)
         assert (patch.min(axis=-1) > 240).mean() < 0.2, "the viewport is viser's empty white background: no render arrived"
         assert patch.std() > 2.0, "the viewport is one flat colour"
-        assert process.poll() is None, "ns-train died while the page was open"
+        assert process.poll() is None, f"{Path(command[0]).name} died while the page was open"
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -112,6 +108,22 @@ def test_viewer_page_shows_the_render(small_scene, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_viewer_page_shows_the_render(small_scene, tmp_path):
+    """During `ns-train`, the viewer's page shows the model's render."""
+    command = ns_train_command("neus-dtu", small_scene.output_dir, steps=3, output_dir=tmp_path / "outputs", vis="viewer")
+    assert_page_shows_a_render([*command, "--viewer.websocket-port", str(free_port())], tmp_path)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_ns_viewer_reopens_a_finished_run(tiny_neus_run, tmp_path):
+    """`ns-viewer --load-config` rebuilds the model from config.yml and its checkpoint and renders it."""
+    command = [bin_path("ns-viewer"), "--load-config", str(tiny_neus_run), "--viewer.websocket-port", str(free_port())]
+    assert_page_shows_a_render(command, tmp_path)
 
 
 @needs_chromium

@@ -55,8 +55,13 @@ class NeuSModel(SurfaceModel):
         self.variance = LearnedVariance(self.config.init_variance)
         self.cos_anneal_ratio = 1.0 if self.config.cos_anneal_end <= 0 else 0.0
 
-    def extra_field_parameters(self) -> List[Parameter]:
-        return list(self.variance.parameters())
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        """The field's groups, and NeuS's sharpness in a group of its own ("variance"): the paper trains it
+        with the network's learning rate, the hash-grid preset with a tenth of the grid's (at 1e-2, Adam
+        would move `ln inv_s` by 0.1 a step, and the sharpness collapses before the surface is formed)."""
+        param_groups = super().get_param_groups()
+        param_groups["variance"] = list(self.variance.parameters())
+        return param_groups
 
     def update_to_step(self, step: int) -> None:
         super().update_to_step(step)
