@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -79,14 +80,15 @@ def holds_a_render(pixels: np.ndarray) -> bool:
     return bool(header_is_dark and white_fraction < 0.2 and patch.std() > 2.0)
 
 
-def assert_page_shows_a_render(command, tmp_path: Path) -> None:
-    """Start `command` (a nerfstudio command serving the viewer on the port it names), open its page in headless
-    Chromium and check that the viewport holds a render; the process is stopped afterwards."""
+def assert_page_shows_a_render(command, tmp_path: Path, cwd: Optional[Path] = None) -> None:
+    """Start `command` (a nerfstudio command serving the viewer on the port it names) in `cwd` (default
+    `tmp_path`), open its page in headless Chromium and check that the viewport holds a render; the process is
+    stopped afterwards."""
     port = int(command[command.index("--viewer.websocket-port") + 1])
     log_path = tmp_path / "viewer.log"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=cwd or tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_page(port, process, log_path)
         # the first render needs the client's camera, then a CPU render: give the page more time if it is not there yet
@@ -121,9 +123,11 @@ def test_viewer_page_shows_the_render(small_scene, tmp_path):
 @pytest.mark.slow
 @needs_chromium
 def test_ns_viewer_reopens_a_finished_run(tiny_neus_run, tmp_path):
-    """`ns-viewer --load-config` rebuilds the model from config.yml and its checkpoint and renders it."""
+    """`ns-viewer --load-config` rebuilds the model from config.yml and its checkpoint and renders it. It runs
+    where ns-train ran, as users do: config.yml holds the run's paths relative to that directory."""
     command = [bin_path("ns-viewer"), "--load-config", str(tiny_neus_run), "--viewer.websocket-port", str(free_port())]
-    assert_page_shows_a_render(command, tmp_path)
+    training_dir = tiny_neus_run.parents[4]  # <dir>/outputs/<scene>/<method>/<timestamp>/config.yml
+    assert_page_shows_a_render(command, tmp_path, cwd=training_dir)
 
 
 @needs_chromium

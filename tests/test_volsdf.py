@@ -415,11 +415,13 @@ def test_neurecon_mesh_extracts_the_volsdf_surface(tiny_volsdf_run, tmp_path):
 # -- convergence of a short CPU training to a known shape -----------------------------------------
 
 SHORT_RUN_STEPS = 500
-# Measured on this scene with `demo.short_run_settings` (mask loss, no scene sphere, beta from 0.03): Chamfer 0.045 at level 0, 0.021 at level beta (beta = 0.044 at the
-# end). A 10% larger torus is 0.069 from the level-0 surface and 0.042 from the level-beta one, a 10% smaller
-# one 0.036 from the level-beta surface, the torus turned by 30 degrees 0.089 from the level-0 surface.
-CHAMFER_LEVEL_ZERO = 0.055
-CHAMFER_LEVEL_BETA = 0.03
+# Measured on this scene with `demo.short_run_settings` (mask loss, no scene sphere, beta from 0.03), seed 0:
+# Chamfer 0.056 at level 0 and 0.030 at level beta (beta = 0.040 at the end). From the level-0 surface, the
+# torus scaled by 1.1 is 0.079 away and the torus turned by 30 degrees 0.093; from the level-beta surface, the
+# torus scaled by 0.9 is 0.043 away and by 1.1 0.046. Each bound sits between the truth and the nearest wrong
+# answer.
+CHAMFER_LEVEL_ZERO = 0.065
+CHAMFER_LEVEL_BETA = 0.037
 
 
 @pytest.fixture(scope="module")
