@@ -21,21 +21,14 @@ from typing import Dict
 
 import torch
 from mesh_extraction import resident_kib  # this folder is on sys.path when a script here runs
+from training_throughput import build_trainer
 
 
 def _measure_in_child(method: str, rays: int, scene: Path, device: str, threads: int, queue) -> None:
-    from neurecon_ns.training import method_config, run_iteration, setup_trainer
+    from neurecon_ns.training import run_iteration
 
     torch.set_num_threads(threads)
-    config = method_config(method)
-    config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
-    config.vis = "tensorboard"
-    config.logging.local_writer.enable = False
-    config.output_dir = scene.parent / "outputs"
-    config.data = scene
-    config.pipeline.datamanager.data = scene
-    config.pipeline.datamanager.train_num_rays_per_batch = rays
-    trainer = setup_trainer(config)
+    trainer, _ = build_trainer(method, scene, scene.parent / "outputs", device, rays_per_batch=rays)
     run_iteration(trainer, 0)
     if device.startswith("cuda"):
         torch.cuda.synchronize()

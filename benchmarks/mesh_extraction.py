@@ -83,9 +83,7 @@ def short_run(steps: int, output_dir: Path) -> Path:
 
     scene = write_scene(output_dir / "scene", num_views=24, width=64, height=64, mesh_resolution=128)
     config = small_cpu_config(method_config("neus-dtu"), scene.output_dir, output_dir / "outputs", steps)
-    train(config)
-    vars(config).pop("print_to_terminal", None)  # `train`'s banner silencer must not land in config.yml
-    config.save_config()
+    train(config)  # writes config.yml before training
     return config.get_base_dir() / "config.yml"
 
 

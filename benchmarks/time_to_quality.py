@@ -28,19 +28,15 @@ import trimesh
 from neurecon_ns.data.synthetic import CAMERA_DISTANCE_RANGE, intrinsics_matrix, write_scene
 from neurecon_ns.mesh.evaluate import compare_meshes
 from neurecon_ns.mesh.model_mesh import extract_model_surface
-from neurecon_ns.training import method_config, run_iteration, setup_trainer, small_cpu_config
+from neurecon_ns.training import method_config, run_iteration, set_model_setting, setup_trainer, small_cpu_config
 
 
-def set_dotted(target, name: str, value: str) -> None:
-    """`target.a.b = value`, the value read as a Python literal when it is one (else kept as a string)."""
-    *path, last = name.split(".")
-    for part in path:
-        target = getattr(target, part)
+def parse_value(text: str):
+    """A `--set` value as a Python literal when it is one (numbers, booleans, tuples), else the string."""
     try:
-        parsed = ast.literal_eval(value)
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        parsed = value
-    setattr(target, last, parsed)
+        return text
 
 
 def main() -> None:
@@ -73,7 +69,7 @@ def main() -> None:
         config = small_cpu_config(method_config(method), scene.output_dir, work / "outputs", args.steps, seed=args.seed, **sizes)
         for setting in args.set:
             name, value = setting.split("=", 1)
-            set_dotted(config.pipeline.model, name, value)
+            set_model_setting(config, name, parse_value(value))
         trainer = setup_trainer(config)
         model = trainer.pipeline.model
         train_seconds, step, next_eval = 0.0, 0, args.eval_every

@@ -16,6 +16,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -67,7 +68,8 @@ class MatmulFlopCounter(TorchDispatchMode):
         return out
 
 
-def build_trainer(method: str, scene: Path, output_dir: Path, device: str):
+def build_trainer(method: str, scene: Path, output_dir: Path, device: str, rays_per_batch: Optional[int] = None):
+    """The method at its default size (only the rays per batch changed, when given), set up on `device`."""
     config = method_config(method)
     config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
     config.vis = "tensorboard"
@@ -75,6 +77,8 @@ def build_trainer(method: str, scene: Path, output_dir: Path, device: str):
     config.output_dir = output_dir
     config.data = scene
     config.pipeline.datamanager.data = scene
+    if rays_per_batch is not None:
+        config.pipeline.datamanager.train_num_rays_per_batch = rays_per_batch
     return setup_trainer(config), config
 
 

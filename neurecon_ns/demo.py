@@ -21,7 +21,7 @@ import trimesh
 from neurecon_ns.mesh.evaluate import GeometryReport, compare_meshes
 from neurecon_ns.mesh.extract import transform_mesh
 from neurecon_ns.mesh.model_mesh import extract_model_surface
-from neurecon_ns.training import method_config, small_cpu_config, train
+from neurecon_ns.training import method_config, set_model_setting, small_cpu_config, train
 
 
 @dataclass
@@ -84,11 +84,7 @@ def train_short(
     if dataparser is not None:
         config.pipeline.datamanager.dataparser = dataparser
     for name, value in {**short_run_settings(method, steps), **(overrides or {})}.items():
-        target = config.pipeline.model
-        *path, last = name.split(".")
-        for part in path:
-            target = getattr(target, part)
-        setattr(target, last, value)
+        set_model_setting(config, name, value)
     started = time.perf_counter()
     trainer = train(config)
     train_seconds = time.perf_counter() - started

@@ -60,16 +60,17 @@ def small_cpu_config(
     config.logging.local_writer.enable = False
     config.data = Path(data)
 
+    model = config.pipeline.model
+    geometry = model.networks.geometry
+    uses_hash_grid = geometry.encoding == "hash"
     datamanager = config.pipeline.datamanager
     datamanager.data = Path(data)
     if rays_per_batch is None:
-        rays_per_batch = 512 if config.pipeline.model.networks.geometry.encoding == "hash" else 256
+        rays_per_batch = 512 if uses_hash_grid else 256
     datamanager.train_num_rays_per_batch = rays_per_batch
     datamanager.eval_num_rays_per_batch = rays_per_batch
 
-    model = config.pipeline.model
-    geometry = model.networks.geometry
-    if geometry.encoding == "hash":
+    if uses_hash_grid:
         # the grid holds the detail and the MLPs are already small: only the grid shrinks
         _shrink_hash_grid(geometry.hash_grid, steps)
         geometry.hash_grid.implementation = "torch"
@@ -89,6 +90,15 @@ def small_cpu_config(
     _shrink_sampler(model)
     _fit_schedules(config, steps)
     return config
+
+
+def set_model_setting(config: TrainerConfig, name: str, value) -> None:
+    """Set a model setting by dotted name, e.g. `sampler.num_uniform`, as `--pipeline.model.<name>` would."""
+    target = config.pipeline.model
+    *path, last = name.split(".")
+    for part in path:
+        target = getattr(target, part)
+    setattr(target, last, value)
 
 
 def _shrink_hash_grid(grid, steps: int) -> None:
