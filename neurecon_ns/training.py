@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig, ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 
@@ -163,11 +164,12 @@ def setup_trainer(config: TrainerConfig, local_rank: int = 0, world_size: int = 
 def run_iteration(trainer, step: int) -> None:
     """One training iteration as `Trainer.train` runs it (callbacks before and after), without its
     logging, evaluation and checkpoints: for benchmarks that time or inspect training step by step."""
+    trainer.pipeline.train()
     for callback in trainer.callbacks:
-        callback.run_callback_at_location(step, location="before_train_iteration")
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
     trainer.train_iteration(step)
     for callback in trainer.callbacks:
-        callback.run_callback_at_location(step, location="after_train_iteration")
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
 
 
 def train(config: TrainerConfig, local_rank: int = 0, world_size: int = 1):
