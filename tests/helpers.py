@@ -48,6 +48,15 @@ TINY_SAMPLERS = {
     ],
 }
 
+# a captured scene's background network, as small as the foreground's
+TINY_SAMPLERS["neus-nerfpp"] = [
+    *TINY_SAMPLERS["neus-dtu"],
+    "--pipeline.model.background-network.hidden-dim", "32",
+    "--pipeline.model.background-network.num-layers", "2",
+    "--pipeline.model.background-network.skip-layers",
+    "--pipeline.model.num-background-samples", "8",
+]
+
 TINY_FLAGS: Dict[str, List[str]] = {method: [*TINY_NETWORKS, *sampler] for method, sampler in TINY_SAMPLERS.items()}
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from helpers import bin_path, ns_train_command, run_tool
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from PIL import Image
@@ -272,7 +273,7 @@ def test_missing_mvsnet_camera_is_named(capture, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["neus-dtu", "volsdf-dtu", "unisurf-dtu", "neus-nerfpp", "volsdf-nerfpp"])
+@pytest.mark.parametrize("method", ["neus-dtu", "volsdf-dtu", "unisurf-dtu", "neus-nerfpp", "volsdf-nerfpp", "neus-fast"])
 def test_every_method_trains_through_blender_data(capture, tmp_path, method):
     from neurecon_ns.demo import train_short
 
@@ -289,3 +290,36 @@ def test_every_method_trains_through_blender_data(capture, tmp_path, method):
     assert run.config_path.is_file() and list((run.config_path.parent / "nerfstudio_models").glob("*.ckpt"))
     assert run.trainer.pipeline.datamanager.region.source == "cameras"
     assert len(run.mesh_unit.faces) > 0 and np.isfinite(run.report.chamfer)
+
+
+@pytest.mark.slow
+def test_ns_train_on_a_nerfstudio_capture_then_a_mesh_in_the_capture_units(capture, tmp_path):
+    """What a phone-capture user types: `ns-train neus-nerfpp nerfstudio-data --data <capture>`, then
+    `neurecon mesh`; the mesh comes back in the units and frame of transforms.json (the capture's
+    object spans about 50 of its units)."""
+    command = ns_train_command("neus-nerfpp", capture.output_dir, steps=2)
+    command += ["nerfstudio-data", "--eval-mode", "interval", "--eval-interval", "4"]
+    result = run_tool(command, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (config,) = tmp_path.glob("outputs/*/neus-nerfpp/*/config.yml")
+    mesh_path = tmp_path / "mesh.ply"
+    result = run_tool(
+        [bin_path("neurecon"), "mesh", "--load-config", str(config), "--output-path", str(mesh_path),
+         "--resolution", "48", "--no-vertex-colors", "--no-progress"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # dataparser_transforms.json holds the map from the capture's units to the training space: it puts the
+    # object inside the unit sphere, and the mesh, written in the capture's units, comes from inside it
+    (transforms_path,) = config.parent.glob("dataparser_transforms.json")
+    transforms = json.loads(transforms_path.read_text())
+    data_from_model = unit_to_data_matrix(torch.tensor(transforms["transform"]), transforms["scale"])
+
+    def to_model(points_data):
+        return (points_data - data_from_model[:3, 3]) @ np.linalg.inv(data_from_model[:3, :3]).T
+
+    object_model = to_model(trimesh.load(capture.gt_mesh_path, force="mesh").vertices)
+    assert np.linalg.norm(object_model, axis=-1).max() < 0.8
+    mesh_data = trimesh.load(mesh_path, force="mesh")
+    assert np.linalg.norm(mesh_data.extents) > 10.0  # data units, not the unit sphere's
+    assert np.linalg.norm(to_model(mesh_data.vertices), axis=-1).max() < 1.0 + 1e-3
