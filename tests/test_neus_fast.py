@@ -97,6 +97,32 @@ def test_occupancy_grid_holds_every_surface_point_and_little_else():
     assert not grid.lookup(torch.zeros(1, 3)).any() and not grid.lookup(torch.tensor([[0.9, 0.9, 0.9]])).any()
 
 
+def test_occupancy_band_keeps_the_cells_where_the_density_is_not_yet_negligible():
+    """Early in training NeuS's density is wide: cells 0.3 from the current surface stay occupied, so the
+    surface can still move there; once the band is narrow they are skipped."""
+    wide, narrow = SurfaceOccupancyGrid(32, 1.0, 1.0), SurfaceOccupancyGrid(32, 1.0, 1.0)
+    wide.update(lambda points: sphere_sdf(points, 0.6), band=0.3)
+    narrow.update(lambda points: sphere_sdf(points, 0.6), band=0.0)
+    away = torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.3, 0.0], [0.0, 0.0, 0.0]])  # 0.3 outside, 0.3 and 0.6 inside
+    assert wide.lookup(away).tolist() == [True, True, False]
+    assert not narrow.lookup(away).any()
+
+
+@pytest.mark.parametrize("inv_s, expected_band", [(20.0, 0.336), (100.0, 0.0833), (500.0, 0.0199)])
+def test_neus_occupancy_band_narrows_as_the_sharpness_grows(inv_s, expected_band):
+    from nerfstudio.data.scene_box import SceneBox
+
+    from neurecon_ns.models.neus import NeuSModelConfig
+
+    config = NeuSModelConfig(occupancy_grid=True, occupancy_grid_resolution=48)
+    config.networks.geometry.hidden_dim, config.networks.geometry.num_layers = 16, 1
+    config.networks.geometry.skip_layers = ()
+    model = config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1)
+    with torch.no_grad():
+        model.variance.variance.fill_(math.log(inv_s) / 10.0)
+    assert math.isclose(model.occupancy_band(), expected_band, rel_tol=1e-2)
+
+
 def test_ray_bounds_keep_the_hit_and_empty_rays_see_nothing():
     grid = sphere_grid()
     origins = torch.tensor([[0.0, 0.0, -3.0], [0.3, 0.0, -3.0], [0.9, 0.9, -3.0]])

@@ -1,9 +1,11 @@
 """Empty-space skipping for SDF models: a coarse grid of the cells the surface may pass through.
 
 A cell of the grid over `[-r, r]^3` is *occupied* when the SDF at its centre is within
-`margin * half_diagonal` of zero: for a 1-Lipschitz SDF (what the eikonal loss asks for) a cell whose
-centre value exceeds its half diagonal holds no surface, and NeuS's weights are negligible there once
-`inv_s` has grown. The grid is refreshed from the current SDF every few steps (no gradient).
+`margin * half_diagonal + band` of zero: for a 1-Lipschitz SDF (what the eikonal loss asks for) a cell
+whose centre value exceeds its half diagonal holds no surface, and `band` is how far from the surface the
+model's density is still not negligible (NeuS: a few `1/inv_s`, wide early in training, so that the
+surface can still grow into cells the current SDF calls empty). The grid is refreshed from the current
+SDF every few steps (no gradient).
 
 Each ray's `[near, far]` is then shrunk to the first and last occupied cell it passes (found by stepping
 through the grid, a lookup per step, no network query), so the sampler spends its samples where the
@@ -44,12 +46,13 @@ class SurfaceOccupancyGrid(nn.Module):
         return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
 
     @torch.no_grad()
-    def update(self, sdf_fn: LevelFunction, chunk_size: int = 2**16) -> None:
-        """Mark the cells whose centre SDF is within `margin` half diagonals of zero, dilated by one cell."""
+    def update(self, sdf_fn: LevelFunction, band: float = 0.0, chunk_size: int = 2**16) -> None:
+        """Mark the cells whose centre SDF is within `margin` half diagonals plus `band` of zero, dilated by
+        one cell."""
         centres = self.cell_centres(self.occupied.device)
         sdf = torch.cat([sdf_fn(chunk) for chunk in torch.split(centres, chunk_size)])
         half_diagonal = 0.5 * math.sqrt(3.0) * self.cell_size
-        near_surface = (sdf.abs() <= self.margin * half_diagonal).reshape(self.occupied.shape)
+        near_surface = (sdf.abs() <= self.margin * half_diagonal + band).reshape(self.occupied.shape)
         dilated = F.max_pool3d(near_surface[None, None].float(), kernel_size=3, stride=1, padding=1)[0, 0] > 0
         self.occupied.copy_(dilated)
 

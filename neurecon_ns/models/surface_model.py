@@ -172,7 +172,12 @@ class SurfaceModel(Model):
         """Everything that follows the training step (called before each iteration); papers extend it."""
         self.field.update_to_step(step)
         if self.occupancy_grid is not None and step % self.config.occupancy_grid_update_every == 0:
-            self.occupancy_grid.update(self.level_set)
+            self.occupancy_grid.update(self.level_set, band=self.occupancy_band())
+
+    def occupancy_band(self) -> float:
+        """How far from the zero level set (SDF units) the model's density is not yet negligible; the
+        occupancy grid keeps the cells within it. Papers whose density has a learned width override it."""
+        return 0.0
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         return [
