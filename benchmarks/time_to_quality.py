@@ -17,7 +17,6 @@ stops at `--minutes` or after `--steps`, whichever comes first; the schedules ar
 from __future__ import annotations
 
 import argparse
-import ast
 import tempfile
 import time
 from pathlib import Path
@@ -28,15 +27,7 @@ import trimesh
 from neurecon_ns.data.synthetic import CAMERA_DISTANCE_RANGE, intrinsics_matrix, write_scene
 from neurecon_ns.mesh.evaluate import compare_meshes
 from neurecon_ns.mesh.model_mesh import extract_model_surface
-from neurecon_ns.training import method_config, run_iteration, set_model_setting, setup_trainer, small_cpu_config
-
-
-def parse_value(text: str):
-    """A `--set` value as a Python literal when it is one (numbers, booleans, tuples), else the string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+from neurecon_ns.training import apply_model_settings, method_config, run_iteration, setup_trainer, small_cpu_config
 
 
 def main() -> None:
@@ -67,9 +58,7 @@ def main() -> None:
     for method in args.methods:
         sizes = {} if args.rays is None else {"rays_per_batch": args.rays}
         config = small_cpu_config(method_config(method), scene.output_dir, work / "outputs", args.steps, seed=args.seed, **sizes)
-        for setting in args.set:
-            name, value = setting.split("=", 1)
-            set_model_setting(config, name, parse_value(value))
+        apply_model_settings(config, args.set)
         trainer = setup_trainer(config)
         model = trainer.pipeline.model
         train_seconds, step, next_eval = 0.0, 0, args.eval_every

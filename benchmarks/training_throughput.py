@@ -8,6 +8,7 @@ large fp32 matmul measured in the same run on the same device. Prints one table;
 
     python benchmarks/training_throughput.py                       # all methods, CPU
     python benchmarks/training_throughput.py --methods neus-dtu --device cuda
+    python benchmarks/training_throughput.py --methods neus-dtu --set networks.compile=True
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from neurecon_ns.data.synthetic import write_scene
-from neurecon_ns.training import method_config, run_iteration, setup_trainer
+from neurecon_ns.training import apply_model_settings, method_config, run_iteration, setup_trainer
 
 DEFAULT_METHODS = ("neus-dtu", "volsdf-dtu", "unisurf-dtu", "neus-nerfpp", "volsdf-nerfpp", "neus-fast")
 
@@ -68,8 +69,16 @@ class MatmulFlopCounter(TorchDispatchMode):
         return out
 
 
-def build_trainer(method: str, scene: Path, output_dir: Path, device: str, rays_per_batch: Optional[int] = None):
-    """The method at its default size (only the rays per batch changed, when given), set up on `device`."""
+def build_trainer(
+    method: str,
+    scene: Path,
+    output_dir: Path,
+    device: str,
+    rays_per_batch: Optional[int] = None,
+    settings: Sequence[str] = (),
+):
+    """The method at its default size (only the rays per batch and `NAME=VALUE` model settings changed,
+    when given), set up on `device`."""
     config = method_config(method)
     config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
     config.vis = "tensorboard"
@@ -79,6 +88,7 @@ def build_trainer(method: str, scene: Path, output_dir: Path, device: str, rays_
     config.pipeline.datamanager.data = scene
     if rays_per_batch is not None:
         config.pipeline.datamanager.train_num_rays_per_batch = rays_per_batch
+    apply_model_settings(config, settings)
     return setup_trainer(config), config
 
 
@@ -88,6 +98,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="model settings by dotted name, e.g. networks.compile=True")
     args = parser.parse_args()
 
     from nerfstudio.configs.method_configs import all_methods
@@ -102,7 +114,7 @@ def main() -> None:
         if method not in all_methods:
             print(f"{method:<16} not registered, skipped")
             continue
-        trainer, config = build_trainer(method, scene, work / "outputs", args.device)
+        trainer, config = build_trainer(method, scene, work / "outputs", args.device, settings=args.set)
         rays = config.pipeline.datamanager.train_num_rays_per_batch
         for step in range(args.warmup):
             run_iteration(trainer, step)

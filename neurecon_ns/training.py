@@ -7,11 +7,12 @@ the data parser, data manager, model, losses and optimiser, is the method's own.
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +44,8 @@ def small_cpu_config(
 ) -> TrainerConfig:
     """The method shrunk for a CPU: small networks, fewer rays, schedule fitted to `steps`.
 
-    `rays_per_batch` defaults to 256, or 512 for hash-grid methods: a grid's cells are each trained by few
-    rays, and at 256 the surfaces of 5-minute runs varied between 0.4 and 1.8 pixels from run to run.
+    `rays_per_batch` defaults to 256, or 512 for hash-grid methods: each cell of a grid is trained only by
+    the rays that pass through it, so a grid needs more rays per step than an MLP to see every cell.
     """
     config = copy.deepcopy(config)
     config.machine.device_type = "cpu"
@@ -100,6 +101,22 @@ def set_model_setting(config: TrainerConfig, name: str, value) -> None:
     for part in path:
         target = getattr(target, part)
     setattr(target, last, value)
+
+
+def apply_model_settings(config: TrainerConfig, settings: Sequence[str]) -> None:
+    """`NAME=VALUE` strings (as benchmarks take them on the command line) set with `set_model_setting`;
+    a value is read as a Python literal when it is one (numbers, booleans, tuples), else kept as text."""
+    for setting in settings:
+        name, separator, text = setting.partition("=")
+        if not separator:
+            from neurecon_ns.errors import UserInputError
+
+            raise UserInputError(f"model setting '{setting}' has no value; write it as NAME=VALUE, e.g. networks.compile=True.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        set_model_setting(config, name, value)
 
 
 def _shrink_hash_grid(grid, steps: int) -> None:

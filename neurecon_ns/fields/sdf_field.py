@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Literal, Optional, Tuple, Type
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
@@ -43,6 +44,20 @@ class PositionalEncoding(nn.Module):
             return x
         scaled = (x[..., None, :] * self.frequencies[:, None]).flatten(-2)  # [..., L * in_dim]
         return torch.cat([x, torch.sin(scaled), torch.cos(scaled)], dim=-1)
+
+    def pull_back(
+        self, x: Float[Tensor, "num_points in_dim"], grad_encoded: Float[Tensor, "num_points out_dim"]
+    ) -> Float[Tensor, "num_points in_dim"]:
+        """`grad_encoded @ d(encoding)/dx`: a gradient with respect to the encoding brought back to `x`
+        (d sin(2^k x)/dx = 2^k cos(2^k x), d cos(2^k x)/dx = -2^k sin(2^k x))."""
+        if self.num_frequencies == 0:
+            return grad_encoded
+        count, dim, num_frequencies = x.shape[0], self.in_dim, self.num_frequencies
+        scaled = x[:, None, :] * self.frequencies[:, None]  # [N, L, in_dim]
+        grad_sin = grad_encoded[:, dim : dim * (1 + num_frequencies)].view(count, num_frequencies, dim)
+        grad_cos = grad_encoded[:, dim * (1 + num_frequencies) :].view(count, num_frequencies, dim)
+        through_frequencies = (grad_sin * torch.cos(scaled) - grad_cos * torch.sin(scaled)) * self.frequencies[:, None]
+        return grad_encoded[:, :dim] + through_frequencies.sum(dim=1)
 
 
 @dataclass
@@ -155,6 +170,58 @@ class GeometryNetwork(nn.Module):
         level_value = hidden[..., :1] / self.config.input_scale
         return torch.cat([level_value, hidden[..., 1:]], dim=-1)
 
+    @property
+    def has_closed_form_gradient(self) -> bool:
+        """`forward_with_gradient` covers the frequency-encoded Softplus MLP (NeuS's, VolSDF's, UNISURF's)."""
+        return isinstance(self.encoding, PositionalEncoding)
+
+    def forward_with_gradient(
+        self, points: Float[Tensor, "num_points 3"]
+    ) -> Tuple[Float[Tensor, "num_points out_dim"], Float[Tensor, "num_points 3"]]:
+        """`forward(points)` and the gradient of its level value with respect to the points, the chain rule
+        written out layer by layer: with `z_l = W_l a_{l-1} + b_l` and `a_l = softplus_beta(z_l)`,
+
+            d level / d a_{l-1} = W_l^T (sigmoid(beta z_l) * d level / d a_l),
+
+        starting from the level value's row of the last layer, with a skip layer's input split between
+        the hidden path and the encoding, and the encoding's own derivative at the end. The result is the
+        same as autograd's (tests/test_neus_maths.py), but it is an ordinary forward computation: the eikonal
+        loss needs only a first-order backward pass through it, not the double backward of `autograd.grad(...,
+        create_graph=True)`, and `torch.compile` can fuse it (the double backward it cannot trace).
+        """
+        config = self.config
+        beta = config.softplus_beta
+        scaled_points = points * config.input_scale
+        encoded = self.encoding(scaled_points)
+        weights = [layer.weight for layer in self.layers]  # computed once (weight norm)
+        hidden = encoded
+        slopes = []  # sigmoid(beta z_l) = softplus_beta'(z_l) of each hidden layer
+        for index, (layer, weight) in enumerate(zip(self.layers, weights)):
+            if index in config.skip_layers:
+                hidden = torch.cat([hidden, encoded], dim=-1) / math.sqrt(2)
+            pre_activation = torch.addmm(layer.bias, hidden, weight.t())
+            if index < len(self.layers) - 1:
+                hidden = F.softplus(pre_activation, beta=beta)
+                slopes.append(torch.sigmoid(beta * pre_activation))
+            else:
+                hidden = pre_activation
+        output = torch.cat([hidden[:, :1] / config.input_scale, hidden[:, 1:]], dim=-1)
+
+        # backward pass of the level value (the input scale cancels: level / s at points * s)
+        grad_hidden = weights[-1][:1].expand(points.shape[0], -1)
+        grad_encoded = None
+        for index in range(len(self.layers) - 2, -1, -1):
+            grad_input = (grad_hidden * slopes[index]) @ weights[index]
+            if index in config.skip_layers:
+                hidden_dim = grad_input.shape[-1] - encoded.shape[-1]
+                from_skip = grad_input[:, hidden_dim:] / math.sqrt(2)
+                grad_encoded = from_skip if grad_encoded is None else grad_encoded + from_skip
+                grad_hidden = grad_input[:, :hidden_dim] / math.sqrt(2)
+            else:
+                grad_hidden = grad_input
+        grad_encoded = grad_hidden if grad_encoded is None else grad_encoded + grad_hidden
+        return output, self.encoding.pull_back(scaled_points, grad_encoded)
+
 
 @dataclass
 class RadianceNetworkConfig(InstantiateConfig):
@@ -230,6 +297,10 @@ class SurfaceFieldConfig(InstantiateConfig):
     numerical_gradient_step: float = 0.0
     """Central-difference step in training-space units; 0 ties it to the finest active hash level's cell
     (shrinking as levels switch on), or 1e-3 without a hash grid."""
+    compile: bool = False
+    """`torch.compile` the geometry network's value-and-gradient pass (analytic gradients of the
+    frequency-encoded MLP). Needs a C++ compiler on a CPU (Triton on a GPU); where compilation fails, the
+    field says so once and runs eagerly. See docs/speed.md for what it buys."""
 
 
 class SurfaceField(nn.Module):
@@ -246,6 +317,8 @@ class SurfaceField(nn.Module):
         self.config = config
         self.geometry_network = self._build_geometry(config)
         self.radiance_network = RadianceNetwork(config.radiance, feature_dim=config.geometry.feature_dim)
+        self._compiled_pass = None
+        self._compile_failed = False
 
     @staticmethod
     def _build_geometry(config: SurfaceFieldConfig) -> nn.Module:
@@ -282,14 +355,20 @@ class SurfaceField(nn.Module):
     ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
         """Level value, feature and the gradient d(level)/dx (analytic or numerical, see the config).
 
-        The gradient is computed under `enable_grad` so that normals also come out of the
-        `no_grad` rendering paths of nerfstudio (viewer, ns-render); the graph is kept only while
+        The frequency-encoded MLP's analytic gradient is its closed form (`forward_with_gradient`); other
+        networks (hash grid, SIREN) take it from autograd under `enable_grad`, so that normals also come
+        out of nerfstudio's `no_grad` rendering paths (viewer, ns-render). The graph is kept only while
         training (the eikonal loss differentiates through it).
         """
         if create_graph is None:
             create_graph = self.training and torch.is_grad_enabled()
         if self.config.gradient == "numerical":
             return self._level_value_and_numerical_gradient(points, keep_graph=create_graph)
+        if getattr(self.geometry_network, "has_closed_form_gradient", False):
+            with torch.set_grad_enabled(create_graph):
+                output, gradient = self._closed_form_pass()(points.reshape(-1, 3))
+            output = output.reshape(*points.shape[:-1], -1)
+            return output[..., :1], output[..., 1:], gradient.reshape(points.shape)
         with torch.enable_grad():
             if not points.requires_grad:
                 points = points.detach().requires_grad_(True)
@@ -305,6 +384,26 @@ class SurfaceField(nn.Module):
         if not create_graph:
             output, level_value, gradient = output.detach(), level_value.detach(), gradient.detach()
         return level_value, output[..., 1:], gradient
+
+    def _closed_form_pass(self):
+        """The geometry network's `forward_with_gradient`, compiled when `compile` is set and it compiles."""
+        if not self.config.compile or self._compile_failed:
+            return self.geometry_network.forward_with_gradient
+        if self._compiled_pass is None:
+            self._compiled_pass = torch.compile(self.geometry_network.forward_with_gradient)
+        return self._guarded_compiled_pass
+
+    def _guarded_compiled_pass(self, points):
+        try:
+            return self._compiled_pass(points)
+        except Exception as error:  # no C++ compiler, no Triton, an unsupported operator: run eagerly
+            self._compile_failed = True
+            from nerfstudio.utils.rich_utils import CONSOLE
+
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            CONSOLE.print(f"[yellow]torch.compile of the geometry network failed ({first_line}); running it "
+                          "eagerly (set --pipeline.model.networks.compile False to skip the attempt).")
+            return self.geometry_network.forward_with_gradient(points)
 
     def _level_value_and_numerical_gradient(
         self, points: Float[Tensor, "*bs 3"], keep_graph: bool

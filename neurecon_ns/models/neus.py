@@ -75,7 +75,7 @@ class NeuSModel(SurfaceModel):
         band is `ln(c * s / 1e-3) / s` (0.33 at the initial s = 20 with 48 cells, 0.02 at s = 500)."""
         if self.occupancy_grid is None:
             return 0.0
-        inv_s = float(self.variance.inv_s())
+        inv_s = float(self.variance.inv_s().detach())
         return max(math.log(self.occupancy_grid.cell_size * inv_s / 1e-3), 0.0) / inv_s
 
     def sample_along_rays(self, ray_bundle: RayBundle) -> RaySamples:

@@ -1,0 +1,67 @@
+"""The geometry network's closed-form gradient is autograd's, value for value and in what it trains."""
+
+import pytest
+import torch
+
+from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
+
+
+def autograd_value_and_gradient(network, points):
+    points = points.detach().requires_grad_(True)
+    output = network(points)
+    (gradient,) = torch.autograd.grad(output[:, :1].sum(), points, create_graph=True)
+    return output, gradient
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # NeuS's: 8 x 256, skip at 4, 6 frequencies, weight norm
+        {"num_layers": 4, "hidden_dim": 32, "skip_layers": (0, 2), "num_frequencies": 3, "input_scale": 2.5},
+        {"num_layers": 2, "hidden_dim": 32, "skip_layers": (), "num_frequencies": 0, "use_weight_norm": False},
+    ],
+    ids=["paper", "skips-and-input-scale", "no-encoding"],
+)
+def test_closed_form_gradient_equals_autograd_and_trains_the_same(settings):
+    torch.manual_seed(0)
+    network = GeometryNetworkConfig(**settings).setup().double()
+    with torch.no_grad():  # leave the geometric initialisation's near-sphere for a generic function
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    points = torch.rand(300, 3, dtype=torch.float64) * 2.0 - 1.0
+    expected_output, expected_gradient = autograd_value_and_gradient(network, points)
+    output, gradient = network.forward_with_gradient(points)
+    # softplus is linear beyond beta z = 20 in torch, while its closed-form slope is sigmoid(20) = 1 - 2e-9 there
+    assert torch.allclose(output, expected_output, atol=1e-10)
+    assert torch.allclose(gradient, expected_gradient, rtol=1e-6, atol=1e-7)
+    assert gradient.norm(dim=-1).std() > 1e-3  # a gradient that varies: the comparison is not of constants
+
+    # the eikonal loss trains the parameters through either gradient in the same direction
+    def parameter_gradients(gradient):
+        loss = ((gradient.norm(dim=-1) - 1.0) ** 2).mean()
+        return torch.autograd.grad(loss, list(network.parameters()), allow_unused=True)
+
+    for closed_form, by_autograd in zip(parameter_gradients(gradient), parameter_gradients(expected_gradient)):
+        if by_autograd is None:
+            assert closed_form is None or closed_form.abs().max() == 0
+        else:
+            assert torch.allclose(closed_form, by_autograd, rtol=1e-6, atol=1e-7)
+
+
+def test_field_uses_the_closed_form_and_a_failed_compile_falls_back_to_eager(capsys):
+    torch.manual_seed(0)
+    config = SurfaceFieldConfig(compile=True)
+    config.geometry.num_layers, config.geometry.hidden_dim, config.geometry.skip_layers = 2, 16, ()
+    config.radiance.num_layers, config.radiance.hidden_dim = 1, 16
+    field = config.setup()
+
+    def broken_compiled_pass(points):
+        raise RuntimeError("no C++ compiler found\ndetails")
+
+    field._compiled_pass = broken_compiled_pass  # what a machine without a compiler raises at the first call
+    points = torch.rand(2, 5, 3)
+    level, features, gradient = field.get_level_value_and_gradient(points)
+    assert level.shape == (2, 5, 1) and features.shape == (2, 5, config.geometry.feature_dim) and gradient.shape == (2, 5, 3)
+    assert field._compile_failed and "no C++ compiler found" in capsys.readouterr().out
+    expected_output, expected_gradient = autograd_value_and_gradient(field.geometry_network, points.reshape(-1, 3))
+    assert torch.allclose(gradient.reshape(-1, 3), expected_gradient, atol=1e-5)
