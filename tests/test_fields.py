@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from neurecon_ns.fields.hash_encoding import HashGridConfig
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
 
 
@@ -19,8 +20,12 @@ def autograd_value_and_gradient(network, points):
         {},  # NeuS's: 8 x 256, skip at 4, 6 frequencies, weight norm
         {"num_layers": 4, "hidden_dim": 32, "skip_layers": (0, 2), "num_frequencies": 3, "input_scale": 2.5},
         {"num_layers": 2, "hidden_dim": 32, "skip_layers": (), "num_frequencies": 0, "use_weight_norm": False},
+        # neus-fast's: the torch hash grid (two dense and two hashed levels, one not yet active), 2 x 64 MLP
+        {"encoding": "hash", "num_layers": 2, "hidden_dim": 64, "skip_layers": (), "feature_dim": 15, "use_weight_norm": False,
+         "hash_grid": HashGridConfig(num_levels=4, min_resolution=4, max_resolution=40, log2_hashmap_size=10,
+                                     initial_levels=3, steps_per_level=100, implementation="torch")},
     ],
-    ids=["paper", "skips-and-input-scale", "no-encoding"],
+    ids=["paper", "skips-and-input-scale", "no-encoding", "hash-grid"],
 )
 def test_closed_form_gradient_equals_autograd_and_trains_the_same(settings):
     torch.manual_seed(0)
@@ -28,7 +33,9 @@ def test_closed_form_gradient_equals_autograd_and_trains_the_same(settings):
     with torch.no_grad():  # leave the geometric initialisation's near-sphere for a generic function
         for parameter in network.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
+    assert network.has_closed_form_gradient
     points = torch.rand(300, 3, dtype=torch.float64) * 2.0 - 1.0
+    points[:3] = torch.tensor([[1.2, 0.1, -0.3], [0.0, -1.5, 0.2], [0.3, 0.3, 0.3]])  # outside the grid's cube too
     expected_output, expected_gradient = autograd_value_and_gradient(network, points)
     output, gradient = network.forward_with_gradient(points)
     # softplus is linear beyond beta z = 20 in torch, while its closed-form slope is sigmoid(20) = 1 - 2e-9 there

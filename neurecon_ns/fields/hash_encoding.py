@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Literal
+from typing import List, Literal, Optional, Tuple
 
 import torch
 from jaxtyping import Float
@@ -54,6 +54,11 @@ CORNER_OFFSETS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k i
 
 HASH_PRIMES = (1, 2654435761, 805459861)
 """Instant-NGP's per-axis primes of the spatial hash."""
+
+
+def trilinear_weights(x_pair: Tensor, y_pair: Tensor, z_pair: Tensor) -> Tensor:
+    """`[..., 2]` per-axis factors -> `[..., 8]` products, one per cell corner in `CORNER_OFFSETS` order."""
+    return (x_pair[..., :, None, None] * y_pair[..., None, :, None] * z_pair[..., None, None, :]).flatten(-3)
 
 
 class MultiResolutionGrid(nn.Module):
@@ -106,16 +111,32 @@ class MultiResolutionGrid(nn.Module):
         return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
 
     def forward(self, unit_points: Float[Tensor, "num_points 3"]) -> Float[Tensor, "num_points num_features"]:
+        return self.forward_with_jacobian(unit_points, with_jacobian=False)[0]
+
+    def forward_with_jacobian(
+        self, unit_points: Float[Tensor, "num_points 3"], with_jacobian: bool = True
+    ) -> Tuple[Float[Tensor, "num_points num_features"], Optional[Float[Tensor, "num_points num_features 3"]]]:
+        """The features and, when asked, their derivatives with respect to the unit-cube point: within a
+        cell, the derivative of a trilinear weight along an axis is that axis' pair `(1 - f, f)` replaced by
+        `(-1, 1)`, times the level's resolution (cells per unit)."""
         scaled = unit_points[:, None, :] * self.resolutions[:, None]  # [N, L, 3]
         lowest = torch.floor(scaled).clamp(max=self.resolutions[:, None] - 1)
         fraction = scaled - lowest  # [N, L, 3], in [0, 1]
         # trilinear weight of corner (i, j, k): the product over axes of (1 - fraction) or fraction
         axis_weights = torch.stack([1.0 - fraction, fraction], dim=-1)  # [N, L, 3, 2]
-        weights = (
-            axis_weights[..., 0, :, None, None] * axis_weights[..., 1, None, :, None] * axis_weights[..., 2, None, None, :]
-        ).flatten(-3)  # [N, L, 8]
-        features = self.table[self.corner_rows(lowest.long())]  # [N, L, 8, F]
-        return (features * weights[..., None]).sum(dim=2).flatten(1)
+        weights = trilinear_weights(axis_weights[..., 0, :], axis_weights[..., 1, :], axis_weights[..., 2, :])
+        corner_features = self.table[self.corner_rows(lowest.long())]  # [N, L, 8, F]
+        features = (corner_features * weights[..., None]).sum(dim=2).flatten(1)
+        if not with_jacobian:
+            return features, None
+        slope = torch.tensor([-1.0, 1.0], device=unit_points.device, dtype=unit_points.dtype).expand_as(axis_weights[..., 0, :])
+        x_pair, y_pair, z_pair = axis_weights[..., 0, :], axis_weights[..., 1, :], axis_weights[..., 2, :]
+        weight_slopes = torch.stack(
+            [trilinear_weights(slope, y_pair, z_pair), trilinear_weights(x_pair, slope, z_pair), trilinear_weights(x_pair, y_pair, slope)],
+            dim=-1,
+        ) * self.resolutions[:, None, None]  # [N, L, 8, 3]
+        jacobian = torch.einsum("nlcf,nlca->nlfa", corner_features, weight_slopes).flatten(1, 2)  # [N, L * F, 3]
+        return features, jacobian
 
 
 class ProgressiveHashEncoding(nn.Module):
@@ -166,8 +187,33 @@ class ProgressiveHashEncoding(nn.Module):
         config = self.config
         unit_cube = ((points / config.bound + 1.0) / 2.0).clamp(0.0, 1.0)
         features = self.grids(unit_cube.reshape(-1, 3)).reshape(*points.shape[:-1], -1).to(points.dtype)
-        level = torch.arange(config.num_levels, device=points.device).repeat_interleave(config.features_per_level)
-        return torch.cat([points, features * (level < self.active_levels).to(points.dtype)], dim=-1)
+        return torch.cat([points, features * self.active_feature_mask(points)], dim=-1)
+
+    def active_feature_mask(self, like: Tensor) -> Tensor:
+        """1 for the features of active levels, 0 for the others: `[L * F]`."""
+        config = self.config
+        level = torch.arange(config.num_levels, device=like.device).repeat_interleave(config.features_per_level)
+        return (level < self.active_levels).to(like.dtype)
+
+    @property
+    def has_jacobian(self) -> bool:
+        """The torch grid has a closed-form Jacobian; tiny-cuda-nn's does not expose one."""
+        return isinstance(self.grids, MultiResolutionGrid)
+
+    def forward_with_jacobian(
+        self, points: Float[Tensor, "num_points 3"]
+    ) -> Tuple[Float[Tensor, "num_points out_dim"], Float[Tensor, "num_points out_dim 3"]]:
+        """The encoding and its derivative with respect to the point (outside the grid's cube, where the
+        point is clamped to the cube, the features do not change)."""
+        config = self.config
+        unit_cube = (points / config.bound + 1.0) / 2.0
+        inside = ((unit_cube >= 0.0) & (unit_cube <= 1.0)).to(points.dtype)  # [N, 3]
+        features, feature_jacobian = self.grids.forward_with_jacobian(unit_cube.clamp(0.0, 1.0))
+        mask = self.active_feature_mask(points)
+        # d unit_cube / d point = 1 / (2 bound) on each axis inside the cube
+        feature_jacobian = feature_jacobian * (mask[:, None] * inside[:, None, :] / (2.0 * config.bound))
+        identity = torch.eye(3, device=points.device, dtype=points.dtype).expand(points.shape[0], 3, 3)
+        return torch.cat([points, features * mask], dim=-1), torch.cat([identity, feature_jacobian], dim=1)
 
 
 def reference_grid_features(grid: MultiResolutionGrid, unit_points: Float[Tensor, "num_points 3"]) -> Tensor:

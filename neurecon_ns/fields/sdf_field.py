@@ -36,6 +36,9 @@ class PositionalEncoding(nn.Module):
         self.num_frequencies = num_frequencies
         self.register_buffer("frequencies", 2.0 ** torch.arange(num_frequencies, dtype=torch.float32), persistent=False)
 
+    has_jacobian = True
+    """`forward_with_jacobian` is available (the geometry network's closed-form gradient uses it)."""
+
     def get_out_dim(self) -> int:
         return self.in_dim * (1 + 2 * self.num_frequencies)
 
@@ -45,19 +48,21 @@ class PositionalEncoding(nn.Module):
         scaled = (x[..., None, :] * self.frequencies[:, None]).flatten(-2)  # [..., L * in_dim]
         return torch.cat([x, torch.sin(scaled), torch.cos(scaled)], dim=-1)
 
-    def pull_back(
-        self, x: Float[Tensor, "num_points in_dim"], grad_encoded: Float[Tensor, "num_points out_dim"]
-    ) -> Float[Tensor, "num_points in_dim"]:
-        """`grad_encoded @ d(encoding)/dx`: a gradient with respect to the encoding brought back to `x`
-        (d sin(2^k x)/dx = 2^k cos(2^k x), d cos(2^k x)/dx = -2^k sin(2^k x))."""
+    def forward_with_jacobian(
+        self, x: Float[Tensor, "num_points in_dim"]
+    ) -> Tuple[Float[Tensor, "num_points out_dim"], Float[Tensor, "num_points out_dim in_dim"]]:
+        """The encoding and its derivative with respect to `x` (d sin(2^k x)/dx = 2^k cos(2^k x), d cos(2^k x)/dx
+        = -2^k sin(2^k x), each on its own coordinate)."""
+        identity = torch.eye(self.in_dim, device=x.device, dtype=x.dtype).expand(x.shape[0], self.in_dim, self.in_dim)
         if self.num_frequencies == 0:
-            return grad_encoded
-        count, dim, num_frequencies = x.shape[0], self.in_dim, self.num_frequencies
+            return x, identity
         scaled = x[:, None, :] * self.frequencies[:, None]  # [N, L, in_dim]
-        grad_sin = grad_encoded[:, dim : dim * (1 + num_frequencies)].view(count, num_frequencies, dim)
-        grad_cos = grad_encoded[:, dim * (1 + num_frequencies) :].view(count, num_frequencies, dim)
-        through_frequencies = (grad_sin * torch.cos(scaled) - grad_cos * torch.sin(scaled)) * self.frequencies[:, None]
-        return grad_encoded[:, :dim] + through_frequencies.sum(dim=1)
+        sin, cos = torch.sin(scaled), torch.cos(scaled)
+        frequencies = self.frequencies[:, None]
+        jacobian = torch.cat(
+            [identity, torch.diag_embed(frequencies * cos).flatten(1, 2), torch.diag_embed(-frequencies * sin).flatten(1, 2)], dim=1
+        )
+        return torch.cat([x, sin.flatten(1), cos.flatten(1)], dim=-1), jacobian
 
 
 @dataclass
@@ -172,8 +177,9 @@ class GeometryNetwork(nn.Module):
 
     @property
     def has_closed_form_gradient(self) -> bool:
-        """`forward_with_gradient` covers the frequency-encoded Softplus MLP (NeuS's, VolSDF's, UNISURF's)."""
-        return isinstance(self.encoding, PositionalEncoding)
+        """`forward_with_gradient` covers the Softplus MLP on the frequency encoding (NeuS, VolSDF, UNISURF)
+        and on the torch hash grid (neus-fast); tiny-cuda-nn's grid gives no Jacobian."""
+        return self.encoding.has_jacobian
 
     def forward_with_gradient(
         self, points: Float[Tensor, "num_points 3"]
@@ -184,7 +190,7 @@ class GeometryNetwork(nn.Module):
             d level / d a_{l-1} = W_l^T (sigmoid(beta z_l) * d level / d a_l),
 
         starting from the level value's row of the last layer, with a skip layer's input split between
-        the hidden path and the encoding, and the encoding's own derivative at the end. The result is the
+        the hidden path and the encoding, and the encoding's Jacobian at the end. The result is the
         same as autograd's (tests/test_neus_maths.py), but it is an ordinary forward computation: the eikonal
         loss needs only a first-order backward pass through it, not the double backward of `autograd.grad(...,
         create_graph=True)`, and `torch.compile` can fuse it (the double backward it cannot trace).
@@ -192,7 +198,7 @@ class GeometryNetwork(nn.Module):
         config = self.config
         beta = config.softplus_beta
         scaled_points = points * config.input_scale
-        encoded = self.encoding(scaled_points)
+        encoded, encoding_jacobian = self.encoding.forward_with_jacobian(scaled_points)
         weights = [layer.weight for layer in self.layers]  # computed once (weight norm)
         hidden = encoded
         slopes = []  # sigmoid(beta z_l) = softplus_beta'(z_l) of each hidden layer
@@ -220,7 +226,7 @@ class GeometryNetwork(nn.Module):
             else:
                 grad_hidden = grad_input
         grad_encoded = grad_hidden if grad_encoded is None else grad_encoded + grad_hidden
-        return output, self.encoding.pull_back(scaled_points, grad_encoded)
+        return output, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian)
 
 
 @dataclass
