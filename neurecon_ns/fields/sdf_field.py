@@ -296,10 +296,12 @@ class SurfaceFieldConfig(InstantiateConfig):
     """The colour network."""
     geometry_type: Literal["mlp", "siren"] = "mlp"
     """Kind of geometry network (SIREN: periodic activations)."""
-    gradient: Literal["analytic", "numerical"] = "analytic"
-    """How the level set's gradient (normals, eikonal loss) is computed: by autograd, which the eikonal
-    loss then differentiates a second time, or by central differences (6 more evaluations, no second
-    derivative: what hash grids need, since tiny-cuda-nn has no second derivatives)."""
+    gradient: Literal["analytic", "autograd", "numerical"] = "analytic"
+    """How the level set's gradient (normals, eikonal loss) is computed. "analytic": in closed form where
+    the network allows (`GeometryNetwork.forward_with_gradient`; the loss then needs a first-order
+    backward only), else by autograd; "autograd": always by autograd, which the eikonal loss then
+    differentiates a second time; "numerical": central differences (6 more evaluations, no second
+    derivative: what tiny-cuda-nn's grids need, since they have no second derivatives)."""
     numerical_gradient_step: float = 0.0
     """Central-difference step in training-space units; 0 ties it to the finest active hash level's cell
     (shrinking as levels switch on), or 1e-3 without a hash grid."""
@@ -370,7 +372,7 @@ class SurfaceField(nn.Module):
             create_graph = self.training and torch.is_grad_enabled()
         if self.config.gradient == "numerical":
             return self._level_value_and_numerical_gradient(points, keep_graph=create_graph)
-        if getattr(self.geometry_network, "has_closed_form_gradient", False):
+        if self.config.gradient == "analytic" and getattr(self.geometry_network, "has_closed_form_gradient", False):
             with torch.set_grad_enabled(create_graph):
                 output, gradient = self._closed_form_pass()(points.reshape(-1, 3))
             output = output.reshape(*points.shape[:-1], -1)
