@@ -62,10 +62,11 @@ def test_field_uses_the_closed_form_and_a_failed_compile_falls_back_to_eager(cap
     config.radiance.num_layers, config.radiance.hidden_dim = 1, 16
     field = config.setup()
 
-    def broken_compiled_pass(points):
+    def broken_compiled_pass(*args):
         raise RuntimeError("no C++ compiler found\ndetails")
 
-    field._compiled_pass = broken_compiled_pass  # what a machine without a compiler raises at the first call
+    # what a machine without a compiler raises at the first call
+    field._compiled["geometry and gradient"] = broken_compiled_pass
     points = torch.rand(2, 5, 3)
     level, features, gradient = field.get_level_value_and_gradient(points)
     assert level.shape == (2, 5, 1) and features.shape == (2, 5, config.geometry.feature_dim) and gradient.shape == (2, 5, 3)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Optional, Tuple, Type
+from typing import Callable, Dict, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -306,9 +306,9 @@ class SurfaceFieldConfig(InstantiateConfig):
     """Central-difference step in training-space units; 0 ties it to the finest active hash level's cell
     (shrinking as levels switch on), or 1e-3 without a hash grid."""
     compile: bool = False
-    """`torch.compile` the geometry network's value-and-gradient pass (analytic gradients of the
-    frequency-encoded MLP). Needs a C++ compiler on a CPU (Triton on a GPU); where compilation fails, the
-    field says so once and runs eagerly. See docs/speed.md for what it buys."""
+    """`torch.compile` the networks' passes (the geometry network with its closed-form gradient, the
+    geometry network alone, the radiance network). Needs a C++ compiler on a CPU (Triton on a GPU); where
+    compilation fails, the field says so once and runs eagerly. See docs/speed.md for what it buys."""
 
 
 class SurfaceField(nn.Module):
@@ -325,7 +325,7 @@ class SurfaceField(nn.Module):
         self.config = config
         self.geometry_network = self._build_geometry(config)
         self.radiance_network = RadianceNetwork(config.radiance, feature_dim=config.geometry.feature_dim)
-        self._compiled_pass = None
+        self._compiled: Dict[str, Callable] = {}  # network passes given to torch.compile, by name
         self._compile_failed = False
 
     @staticmethod
@@ -342,7 +342,7 @@ class SurfaceField(nn.Module):
 
     def get_level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """The level-set value alone (SDF or occupancy logit)."""
-        return self.geometry_network(points)[..., :1]
+        return self._network_pass("geometry", self.geometry_network.forward)(points)[..., :1]
 
     def update_to_step(self, step: int) -> None:
         """Per-step schedules of the networks (the hash grid's progressive levels)."""
@@ -374,7 +374,8 @@ class SurfaceField(nn.Module):
             return self._level_value_and_numerical_gradient(points, keep_graph=create_graph)
         if self.config.gradient == "analytic" and getattr(self.geometry_network, "has_closed_form_gradient", False):
             with torch.set_grad_enabled(create_graph):
-                output, gradient = self._closed_form_pass()(points.reshape(-1, 3))
+                closed_form = self._network_pass("geometry and gradient", self.geometry_network.forward_with_gradient)
+                output, gradient = closed_form(points.reshape(-1, 3))
             output = output.reshape(*points.shape[:-1], -1)
             return output[..., :1], output[..., 1:], gradient.reshape(points.shape)
         with torch.enable_grad():
@@ -393,25 +394,30 @@ class SurfaceField(nn.Module):
             output, level_value, gradient = output.detach(), level_value.detach(), gradient.detach()
         return level_value, output[..., 1:], gradient
 
-    def _closed_form_pass(self):
-        """The geometry network's `forward_with_gradient`, compiled when `compile` is set and it compiles."""
+    def _network_pass(self, name: str, eager: Callable) -> Callable:
+        """`eager`, or its `torch.compile`d version when `compile` is set and compilation has not failed."""
         if not self.config.compile or self._compile_failed:
-            return self.geometry_network.forward_with_gradient
-        if self._compiled_pass is None:
-            self._compiled_pass = torch.compile(self.geometry_network.forward_with_gradient)
-        return self._guarded_compiled_pass
+            return eager
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(eager)
+        compiled = self._compiled[name]
 
-    def _guarded_compiled_pass(self, points):
-        try:
-            return self._compiled_pass(points)
-        except Exception as error:  # no C++ compiler, no Triton, an unsupported operator: run eagerly
-            self._compile_failed = True
-            from nerfstudio.utils.rich_utils import CONSOLE
+        def guarded(*args):
+            if self._compile_failed:
+                return eager(*args)
+            try:
+                return compiled(*args)
+            except Exception as error:  # no C++ compiler, no Triton, an unsupported operator: run eagerly
+                self._compile_failed = True
+                from nerfstudio.utils.rich_utils import CONSOLE
 
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            CONSOLE.print(f"[yellow]torch.compile of the geometry network failed ({first_line}); running it "
-                          "eagerly (set --pipeline.model.networks.compile False to skip the attempt).")
-            return self.geometry_network.forward_with_gradient(points)
+                message = str(error).strip()
+                first_line = message.splitlines()[0] if message else type(error).__name__
+                CONSOLE.print(f"[yellow]torch.compile of the field failed ({first_line}); running it eagerly "
+                              "(set --pipeline.model.networks.compile False to skip the attempt).")
+                return eager(*args)
+
+        return guarded
 
     def _level_value_and_numerical_gradient(
         self, points: Float[Tensor, "*bs 3"], keep_graph: bool
@@ -438,7 +444,7 @@ class SurfaceField(nn.Module):
         gradients: Float[Tensor, "*bs 3"],
         features: Float[Tensor, "*bs feature_dim"],
     ) -> Float[Tensor, "*bs 3"]:
-        return self.radiance_network(points, directions, gradients, features)
+        return self._network_pass("radiance", self.radiance_network.forward)(points, directions, gradients, features)
 
     def forward(self, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]) -> Dict[str, Tensor]:
         """Everything a renderer needs at the points: level value, gradient, colour."""
