@@ -415,13 +415,13 @@ def test_neurecon_mesh_extracts_the_volsdf_surface(tiny_volsdf_run, tmp_path):
 # -- convergence of a short CPU training to a known shape -----------------------------------------
 
 SHORT_RUN_STEPS = 500
-# Measured on this scene with `demo.short_run_settings` (mask loss, no scene sphere, beta from 0.03), seed 0:
-# Chamfer 0.056 at level 0 and 0.030 at level beta (beta = 0.040 at the end). From the level-0 surface, the
-# torus scaled by 1.1 is 0.079 away and the torus turned by 30 degrees 0.093; from the level-beta surface, the
-# torus scaled by 0.9 is 0.043 away and by 1.1 0.046. Each bound sits between the truth and the nearest wrong
-# answer.
-CHAMFER_LEVEL_ZERO = 0.065
-CHAMFER_LEVEL_BETA = 0.037
+# Measured on this scene with `demo.short_run_settings` (mask loss, no scene sphere, beta from 0.03), seed 0,
+# 2 threads: Chamfer 0.061 at level 0 and 0.034 at level beta (beta = 0.041 at the end). From the level-0
+# surface, the torus scaled by 1.1 is 0.084 away and the torus turned by 30 degrees 0.095; from the level-beta
+# surface, the torus scaled by 0.9 is 0.043 away and by 1.1 0.051. Each bound sits half way between the truth
+# and the nearest wrong answer (the test prints all five distances).
+CHAMFER_LEVEL_ZERO = 0.072
+CHAMFER_LEVEL_BETA = 0.038
 
 
 @pytest.fixture(scope="module")
@@ -461,19 +461,20 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
     def chamfer(mesh, shape):
         return compare_meshes(mesh, shapes.surface_mesh(shape, resolution=160), num_points=30_000).chamfer
 
-    print(f"measured: volsdf-dtu torus Chamfer {run.report.chamfer:.4f} (level 0)")
+    to_larger, to_turned = chamfer(run.mesh_unit, shapes.scaled(torus, 1.1)), chamfer(run.mesh_unit, turned)
+    print(f"measured: volsdf-dtu torus Chamfer {run.report.chamfer:.4f} (level 0); 1.1x {to_larger:.4f}, turned {to_turned:.4f}")
     assert run.report.chamfer < CHAMFER_LEVEL_ZERO, run.report
-    assert chamfer(run.mesh_unit, shapes.scaled(torus, 1.1)) > CHAMFER_LEVEL_ZERO
-    assert chamfer(run.mesh_unit, turned) > CHAMFER_LEVEL_ZERO
+    assert to_larger > CHAMFER_LEVEL_ZERO and to_turned > CHAMFER_LEVEL_ZERO
 
     beta = float(model.density.beta())
     model.eval()
     with torch.no_grad():
         density_surface = extract_level_set(model.level_set, [-1.02] * 3, [1.02] * 3, 128, level=beta)
-    print(f"measured: volsdf-dtu torus Chamfer {chamfer(density_surface, torus):.4f} (level beta)")
-    assert chamfer(density_surface, torus) < CHAMFER_LEVEL_BETA
-    for factor in (0.9, 1.1):
-        assert chamfer(density_surface, shapes.scaled(torus, factor)) > CHAMFER_LEVEL_BETA
+    to_truth = chamfer(density_surface, torus)
+    to_smaller, to_larger = (chamfer(density_surface, shapes.scaled(torus, factor)) for factor in (0.9, 1.1))
+    print(f"measured: volsdf-dtu torus Chamfer {to_truth:.4f} (level beta, beta {beta:.4f}); 0.9x {to_smaller:.4f}, 1.1x {to_larger:.4f}")
+    assert to_truth < CHAMFER_LEVEL_BETA
+    assert to_smaller > CHAMFER_LEVEL_BETA and to_larger > CHAMFER_LEVEL_BETA
 
 
 def test_scene_sphere_with_a_background_network_is_one_sentence():
