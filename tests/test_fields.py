@@ -73,3 +73,25 @@ def test_field_uses_the_closed_form_and_a_failed_compile_falls_back_to_eager(cap
     assert field._compile_failed and "no C++ compiler found" in capsys.readouterr().out
     expected_output, expected_gradient = autograd_value_and_gradient(field.geometry_network, points.reshape(-1, 3))
     assert torch.allclose(gradient.reshape(-1, 3), expected_gradient, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_field_gives_the_eager_values():
+    """`networks.compile`: where torch.compile works (a C++ compiler on a CPU), the compiled passes give the
+    eager ones; where it does not, the field has fallen back to them."""
+    import shutil
+
+    torch.manual_seed(0)
+    config = SurfaceFieldConfig(compile=True)
+    config.geometry.num_layers, config.geometry.hidden_dim, config.geometry.skip_layers = 2, 16, ()
+    config.radiance.num_layers, config.radiance.hidden_dim = 1, 16
+    field = config.setup()
+    points = torch.rand(64, 3) * 2.0 - 1.0
+    directions = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    compiled = field(points, directions)
+    field.config.compile = False
+    eager = field(points, directions)
+    if shutil.which("g++") or shutil.which("c++"):
+        assert not field._compile_failed
+    for name in ("level", "gradient", "rgb"):
+        assert torch.allclose(compiled[name], eager[name], atol=1e-5), name
