@@ -191,7 +191,7 @@ class GeometryNetwork(nn.Module):
 
         starting from the level value's row of the last layer, with a skip layer's input split between
         the hidden path and the encoding, and the encoding's Jacobian at the end. The result is the
-        same as autograd's (tests/test_neus_maths.py), but it is an ordinary forward computation: the eikonal
+        same as autograd's (tests/test_fields.py), but it is an ordinary forward computation: the eikonal
         loss needs only a first-order backward pass through it, not the double backward of `autograd.grad(...,
         create_graph=True)`, and `torch.compile` can fuse it (the double backward it cannot trace).
         """
