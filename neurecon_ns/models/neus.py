@@ -59,7 +59,7 @@ class NeuSModel(SurfaceModel):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         """The field's groups, and NeuS's sharpness in a group of its own ("variance"): the paper trains it
         with the network's learning rate, the hash-grid preset with a tenth of the grid's (at 1e-2, Adam
-        would move `ln inv_s` by 0.1 a step, and the sharpness collapses before the surface is formed)."""
+        would move `ln inv_s` by up to 0.1 a step, faster than a surface forms)."""
         param_groups = super().get_param_groups()
         param_groups["variance"] = list(self.variance.parameters())
         return param_groups
