@@ -124,13 +124,13 @@ class MultiResolutionGrid(nn.Module):
         fraction = scaled - lowest  # [N, L, 3], in [0, 1]
         # trilinear weight of corner (i, j, k): the product over axes of (1 - fraction) or fraction
         axis_weights = torch.stack([1.0 - fraction, fraction], dim=-1)  # [N, L, 3, 2]
-        weights = trilinear_weights(axis_weights[..., 0, :], axis_weights[..., 1, :], axis_weights[..., 2, :])
+        x_pair, y_pair, z_pair = axis_weights.unbind(dim=-2)
+        weights = trilinear_weights(x_pair, y_pair, z_pair)
         corner_features = self.table[self.corner_rows(lowest.long())]  # [N, L, 8, F]
         features = (corner_features * weights[..., None]).sum(dim=2).flatten(1)
         if not with_jacobian:
             return features, None
-        slope = torch.tensor([-1.0, 1.0], device=unit_points.device, dtype=unit_points.dtype).expand_as(axis_weights[..., 0, :])
-        x_pair, y_pair, z_pair = axis_weights[..., 0, :], axis_weights[..., 1, :], axis_weights[..., 2, :]
+        slope = torch.tensor([-1.0, 1.0], device=unit_points.device, dtype=unit_points.dtype).expand_as(x_pair)
         weight_slopes = torch.stack(
             [trilinear_weights(slope, y_pair, z_pair), trilinear_weights(x_pair, slope, z_pair), trilinear_weights(x_pair, y_pair, slope)],
             dim=-1,

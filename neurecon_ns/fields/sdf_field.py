@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Literal, Optional, Tuple, Type
+from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -165,15 +165,28 @@ class GeometryNetwork(nn.Module):
     def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         """Returns `[level_value, feature...]` per point."""
         encoded = self.encoding(points * self.config.input_scale)
+        return self._mlp(encoded, [layer.weight for layer in self.layers])[0]
+
+    def _mlp(
+        self, encoded: Float[Tensor, "*bs encoded_dim"], weights: List[Tensor], keep_slopes: bool = False
+    ) -> Tuple[Float[Tensor, "*bs out_dim"], List[Tensor]]:
+        """The layers on an encoded point: `[level_value, feature...]`, and with `keep_slopes` each hidden
+        layer's `softplus_beta'(z_l) = sigmoid(beta z_l)` (what `forward_with_gradient` chains)."""
+        config = self.config
         hidden = encoded
-        for index, layer in enumerate(self.layers):
-            if index in self.config.skip_layers:
+        slopes = []
+        for index, (layer, weight) in enumerate(zip(self.layers, weights)):
+            if index in config.skip_layers:
                 hidden = torch.cat([hidden, encoded], dim=-1) / math.sqrt(2)
-            hidden = layer(hidden)
+            pre_activation = F.linear(hidden, weight, layer.bias)
             if index < len(self.layers) - 1:
-                hidden = self.activation(hidden)
-        level_value = hidden[..., :1] / self.config.input_scale
-        return torch.cat([level_value, hidden[..., 1:]], dim=-1)
+                hidden = self.activation(pre_activation)
+                if keep_slopes:
+                    slopes.append(torch.sigmoid(config.softplus_beta * pre_activation))
+            else:
+                hidden = pre_activation
+        level_value = hidden[..., :1] / config.input_scale
+        return torch.cat([level_value, hidden[..., 1:]], dim=-1), slopes
 
     @property
     def has_closed_form_gradient(self) -> bool:
@@ -196,22 +209,9 @@ class GeometryNetwork(nn.Module):
         create_graph=True)`, and `torch.compile` can fuse it (the double backward it cannot trace).
         """
         config = self.config
-        beta = config.softplus_beta
-        scaled_points = points * config.input_scale
-        encoded, encoding_jacobian = self.encoding.forward_with_jacobian(scaled_points)
-        weights = [layer.weight for layer in self.layers]  # computed once (weight norm)
-        hidden = encoded
-        slopes = []  # sigmoid(beta z_l) = softplus_beta'(z_l) of each hidden layer
-        for index, (layer, weight) in enumerate(zip(self.layers, weights)):
-            if index in config.skip_layers:
-                hidden = torch.cat([hidden, encoded], dim=-1) / math.sqrt(2)
-            pre_activation = torch.addmm(layer.bias, hidden, weight.t())
-            if index < len(self.layers) - 1:
-                hidden = F.softplus(pre_activation, beta=beta)
-                slopes.append(torch.sigmoid(beta * pre_activation))
-            else:
-                hidden = pre_activation
-        output = torch.cat([hidden[:, :1] / config.input_scale, hidden[:, 1:]], dim=-1)
+        encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
+        weights = [layer.weight for layer in self.layers]  # computed once (weight norm), used by both passes
+        output, slopes = self._mlp(encoded, weights, keep_slopes=True)
 
         # backward pass of the level value (the input scale cancels: level / s at points * s)
         grad_hidden = weights[-1][:1].expand(points.shape[0], -1)
@@ -363,10 +363,11 @@ class SurfaceField(nn.Module):
     ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
         """Level value, feature and the gradient d(level)/dx (analytic or numerical, see the config).
 
-        The frequency-encoded MLP's analytic gradient is its closed form (`forward_with_gradient`); other
-        networks (hash grid, SIREN) take it from autograd under `enable_grad`, so that normals also come
-        out of nerfstudio's `no_grad` rendering paths (viewer, ns-render). The graph is kept only while
-        training (the eikonal loss differentiates through it).
+        The analytic gradient is the closed form (`forward_with_gradient`) where the geometry network has one
+        (the MLP on the frequency encoding or the torch hash grid); otherwise (SIREN, tiny-cuda-nn's grid, or
+        `gradient="autograd"`) it comes from autograd under `enable_grad`, so that normals also come out of
+        nerfstudio's `no_grad` rendering paths (viewer, ns-render). The graph is kept only while training
+        (the eikonal loss differentiates through it).
         """
         if create_graph is None:
             create_graph = self.training and torch.is_grad_enabled()
