@@ -1,10 +1,12 @@
 """Training throughput of each method at its default size, against this machine's matmul peak.
 
 For every method: nerfstudio's own `Trainer.train_iteration` (forward, losses, backward, optimiser) on a
-synthetic scene, timed over `--steps` iterations after `--warmup`. FLOPs of one iteration are counted from the
+synthetic scene, the median time of `--steps` iterations after `--warmup` (the median, because other
+processes on a shared machine slow single steps). FLOPs of one iteration are counted from the
 matrix products actually executed (forward pass, SDF-gradient graph, backward pass and the samplers'
-no-grad queries: every `mm`/`addmm`/`bmm`, through torch's FLOP formulas), and set against the peak of a
-large fp32 matmul measured in the same run on the same device. Prints one table; `docs/benchmarks.md` keeps results.
+no-grad queries: every `mm`/`addmm`/`bmm` and their in-place forms, through torch's FLOP formulas), and set
+against the peak of a large fp32 matmul measured in the same run on the same device, before and after the
+methods. Prints one table; `docs/benchmarks.md` keeps results.
 
     python benchmarks/training_throughput.py                       # all methods, CPU
     python benchmarks/training_throughput.py --methods neus-dtu --device cuda
@@ -14,6 +16,7 @@ large fp32 matmul measured in the same run on the same device. Prints one table;
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +37,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: str, size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of `size x size` fp32 matmuls (the best of `repeats`)."""
+def matmul_peak(device: str, size: int = 2048, repeats: int = 30) -> float:
+    """FLOP/s of `size x size` fp32 matmuls (the best of `repeats`; `main` measures it before and after the
+    methods and keeps the higher, as other processes on a shared machine can slow any one measurement)."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     torch.mm(a, b)
@@ -63,7 +67,10 @@ class MatmulFlopCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
+        packet = func._overloadpacket
+        formula = flop_registry.get(packet)
+        if formula is None and packet.__name__.endswith("_"):  # in-place products (addmm_) count as their originals
+            formula = flop_registry.get(getattr(torch.ops.aten, packet.__name__[:-1], None))
         if formula is not None:
             self.total += formula(*args, **kwargs, out_val=out)
         return out
@@ -108,11 +115,10 @@ def main() -> None:
     scene = work / "scene"
     write_scene(scene, num_views=16, width=128, height=128, mesh_resolution=64)
     peak = matmul_peak(args.device)
-    print(f"device: {args.device}, threads: {torch.get_num_threads()}, fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'method':<16}{'rays/step':>10}{'s/step':>10}{'rays/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>10}{'of peak':>9}")
+    rows = []
     for method in args.methods:
         if method not in all_methods:
-            print(f"{method:<16} not registered, skipped")
+            print(f"{method} is not registered, skipped")
             continue
         trainer, config = build_trainer(method, scene, work / "outputs", args.device, settings=args.set)
         rays = config.pipeline.datamanager.train_num_rays_per_batch
@@ -120,20 +126,27 @@ def main() -> None:
             run_iteration(trainer, step)
         with MatmulFlopCounter() as counter:
             run_iteration(trainer, args.warmup)
-        flops = counter.total
-        sync(args.device)
-        started = time.perf_counter()
+        step_seconds = []
         for step in range(args.warmup + 1, args.warmup + 1 + args.steps):
+            sync(args.device)
+            started = time.perf_counter()
             run_iteration(trainer, step)
-        sync(args.device)
-        seconds = (time.perf_counter() - started) / args.steps
+            sync(args.device)
+            step_seconds.append(time.perf_counter() - started)
+        seconds = statistics.median(step_seconds)
+        rows.append((method, rays, seconds, counter.total))
+        print(f"{method}: {seconds:.3f} s/step", flush=True)
+        del trainer
+    peak = max(peak, matmul_peak(args.device))
+
+    print(f"device: {args.device}, threads: {torch.get_num_threads()}, fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'method':<16}{'rays/step':>10}{'s/step':>10}{'rays/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>10}{'of peak':>9}")
+    for method, rays, seconds, flops in rows:
         achieved = flops / seconds
         print(
             f"{method:<16}{rays:>10}{seconds:>10.3f}{rays / seconds:>10.0f}{flops / 1e9:>12.1f}"
             f"{achieved / 1e9:>10.1f}{achieved / peak:>9.1%}"
         )
-        del trainer
-
 
 if __name__ == "__main__":
     main()

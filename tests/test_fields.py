@@ -18,7 +18,8 @@ def autograd_value_and_gradient(network, points):
     "settings",
     [
         {},  # NeuS's: 8 x 256, skip at 4, 6 frequencies, weight norm
-        {"num_layers": 4, "hidden_dim": 32, "skip_layers": (0, 2), "num_frequencies": 3, "input_scale": 2.5},
+        # skips at the first, a middle and the output layer
+        {"num_layers": 4, "hidden_dim": 32, "skip_layers": (0, 2, 4), "num_frequencies": 3, "input_scale": 2.5},
         {"num_layers": 2, "hidden_dim": 32, "skip_layers": (), "num_frequencies": 0, "use_weight_norm": False},
         # neus-fast's: the torch hash grid (two dense and two hashed levels, one not yet active), 2 x 64 MLP
         {"encoding": "hash", "num_layers": 2, "hidden_dim": 64, "skip_layers": (), "feature_dim": 15, "use_weight_norm": False,
@@ -42,13 +43,18 @@ def test_closed_form_gradient_equals_autograd_and_trains_the_same(settings):
     assert torch.allclose(output, expected_output, atol=1e-10)
     assert torch.allclose(gradient, expected_gradient, rtol=1e-6, atol=1e-7)
     assert gradient.norm(dim=-1).std() > 1e-3  # a gradient that varies: the comparison is not of constants
+    assert torch.allclose(network.level_value(points), expected_output[:, :1], atol=1e-12)  # the samplers' query
 
-    # the eikonal loss trains the parameters through either gradient in the same direction
-    def parameter_gradients(gradient):
-        loss = ((gradient.norm(dim=-1) - 1.0) ** 2).mean()
+    # a loss of both outputs (colour-like terms of value and features, the eikonal term of the gradient)
+    # trains the parameters through either in the same direction
+    output_weights = torch.randn_like(output)
+
+    def parameter_gradients(output, gradient):
+        loss = ((gradient.norm(dim=-1) - 1.0) ** 2).mean() + (output_weights * output).tanh().sum()
         return torch.autograd.grad(loss, list(network.parameters()), allow_unused=True)
 
-    for closed_form, by_autograd in zip(parameter_gradients(gradient), parameter_gradients(expected_gradient)):
+    closed_form_grads = parameter_gradients(output, gradient)
+    for closed_form, by_autograd in zip(closed_form_grads, parameter_gradients(expected_output, expected_gradient)):
         if by_autograd is None:
             assert closed_form is None or closed_form.abs().max() == 0
         else:

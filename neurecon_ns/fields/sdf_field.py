@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from neurecon_ns.fields.hash_encoding import HashGridConfig, ProgressiveHashEncoding
+from neurecon_ns.fields.softplus_mlp import SoftplusMLPWithGradient
 
 
 class PositionalEncoding(nn.Module):
@@ -164,29 +165,29 @@ class GeometryNetwork(nn.Module):
 
     def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         """Returns `[level_value, feature...]` per point."""
-        encoded = self.encoding(points * self.config.input_scale)
-        return self._mlp(encoded, [layer.weight for layer in self.layers])[0]
+        return self._mlp(points, level_only=False)
 
-    def _mlp(
-        self, encoded: Float[Tensor, "*bs encoded_dim"], weights: List[Tensor], keep_slopes: bool = False
-    ) -> Tuple[Float[Tensor, "*bs out_dim"], List[Tensor]]:
-        """The layers on an encoded point: `[level_value, feature...]`, and with `keep_slopes` each hidden
-        layer's `softplus_beta'(z_l) = sigmoid(beta z_l)` (what `forward_with_gradient` chains)."""
+    def level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
+        """The level value alone: the output layer's first row only (the samplers' and the mesher's queries
+        need no features, which are 256 of the paper network's 257 outputs)."""
+        return self._mlp(points, level_only=True)
+
+    def _mlp(self, points: Float[Tensor, "*bs 3"], level_only: bool) -> Tensor:
         config = self.config
+        encoded = self.encoding(points * config.input_scale)
         hidden = encoded
-        slopes = []
-        for index, (layer, weight) in enumerate(zip(self.layers, weights)):
+        for index, layer in enumerate(self.layers):
             if index in config.skip_layers:
                 hidden = torch.cat([hidden, encoded], dim=-1) / math.sqrt(2)
-            pre_activation = F.linear(hidden, weight, layer.bias)
             if index < len(self.layers) - 1:
-                hidden = self.activation(pre_activation)
-                if keep_slopes:
-                    slopes.append(torch.sigmoid(config.softplus_beta * pre_activation))
+                hidden = self.activation(layer(hidden))
+            elif level_only:
+                return F.linear(hidden, layer.weight[:1], layer.bias[:1]) / config.input_scale
             else:
-                hidden = pre_activation
-        level_value = hidden[..., :1] / config.input_scale
-        return torch.cat([level_value, hidden[..., 1:]], dim=-1), slopes
+                hidden = layer(hidden)
+        if config.input_scale == 1.0:
+            return hidden
+        return torch.cat([hidden[..., :1] / config.input_scale, hidden[..., 1:]], dim=-1)
 
     @property
     def has_closed_form_gradient(self) -> bool:
@@ -210,22 +211,11 @@ class GeometryNetwork(nn.Module):
         """
         config = self.config
         encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
-        weights = [layer.weight for layer in self.layers]  # computed once (weight norm), used by both passes
-        output, slopes = self._mlp(encoded, weights, keep_slopes=True)
-
-        # backward pass of the level value (the input scale cancels: level / s at points * s)
-        grad_hidden = weights[-1][:1].expand(points.shape[0], -1)
-        grad_encoded = None
-        for index in range(len(self.layers) - 2, -1, -1):
-            grad_input = (grad_hidden * slopes[index]) @ weights[index]
-            if index in config.skip_layers:
-                hidden_dim = grad_input.shape[-1] - encoded.shape[-1]
-                from_skip = grad_input[:, hidden_dim:] / math.sqrt(2)
-                grad_encoded = from_skip if grad_encoded is None else grad_encoded + from_skip
-                grad_hidden = grad_input[:, :hidden_dim] / math.sqrt(2)
-            else:
-                grad_hidden = grad_input
-        grad_encoded = grad_hidden if grad_encoded is None else grad_encoded + grad_hidden
+        parameters = [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]  # weight norm: once
+        output, grad_encoded = SoftplusMLPWithGradient.apply(
+            encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, *parameters
+        )
+        # the input scale cancels: d (level / s) / d x at x * s
         return output, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian)
 
 
@@ -342,7 +332,7 @@ class SurfaceField(nn.Module):
 
     def get_level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """The level-set value alone (SDF or occupancy logit)."""
-        return self._network_pass("geometry", self.geometry_network.forward)(points)[..., :1]
+        return self._network_pass("level value", self.geometry_network.level_value)(points)
 
     def update_to_step(self, step: int) -> None:
         """Per-step schedules of the networks (the hash grid's progressive levels)."""

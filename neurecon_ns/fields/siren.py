@@ -88,6 +88,10 @@ class SirenGeometryNetwork(nn.Module):
         level_value = output[..., :1] / self.config.input_scale
         return torch.cat([level_value, output[..., 1:]], dim=-1)
 
+    def level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
+        """The level value alone (what the samplers and the mesher query)."""
+        return self(points)[..., :1]
+
     def fit_sphere(self, num_steps: int, seed: int = 0) -> float:
         """Fit the level value to the SDF of a sphere of `init_radius` by L1 regression; returns the last loss.
 

@@ -1,0 +1,179 @@
+"""The Softplus MLP of NeuS/IDR with its level-set gradient, as one autograd node with a hand-written backward.
+
+With `x_l` the input of layer `l`, `z_l = x_l W_l^T + b_l`, `a_l = softplus_beta(z_l)` and `s_l = sigmoid(beta z_l)`
+(the activation's slope), the level value `y = z_L[0]` has the gradient
+
+    g_{L-1} = W_L[0],    h_l = s_l * g_l,    g_{l-1} = h_l W_l           (d y / d a_l = g_l, d y / d z_l = h_l)
+
+down to the encoded point (a skip layer's `W_l` is split between the hidden input and the encoding).
+Training differentiates a loss of both outputs (colour and SDF losses through `y` and the features,
+eikonal and normal terms through the gradient). Written out, with `ybar` for d loss / d y:
+
+    gradient path, l = 0 .. L-1:   hbar_l = gbar_{l-1} W_l^T,  Wbar_l += h_l^T gbar_{l-1},  gbar_l = hbar_l * s_l,
+                                   zbar_l(from the slope) = beta * hbar_l * h_l * (1 - s_l)
+    value path, l = L .. 0:        Wbar_l += zbar_l^T x_l,  bbar_l += sum zbar_l,  abar_{l-1} = zbar_l W_l,
+                                   zbar_{l-1} = abar_{l-1} * s_{l-1} + zbar_{l-1}(from the slope)
+
+(`gbar_{-1}` is the loss's gradient with respect to the returned encoding gradient). This is the same
+derivative autograd takes through `GeometryNetwork._mlp` and the chain above (tests/test_fields.py
+compares them in float64), but it runs 6 matrix products and about 10 elementwise passes per layer, reuses
+the slopes the forward pass kept, and keeps no autograd graph of the 8 layers' ~40 operations. The skip
+layer's concatenation is never built: its product is split into the hidden part and the encoding part.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class WeightBlock(NamedTuple):
+    """The columns of a layer's weight that multiply one of its inputs: the hidden input or (skip layers) the encoding."""
+
+    columns: slice
+    of_encoding: bool
+
+
+class Layer(NamedTuple):
+    weight: Tensor  # a skip layer's already divided by sqrt(2)
+    bias: Tensor
+    blocks: List[WeightBlock]
+    scale: float  # what `weight` was multiplied by (for its gradient)
+
+
+def layers_of(parameters: Sequence[Tensor], encoded_dim: int, skip_layers: Sequence[int]) -> List[Layer]:
+    """The layers, each with its input's blocks. A skip layer's input `[hidden, encoded] / sqrt(2)` is split in
+    two, so that the concatenation is never built (its weight is scaled instead, a small tensor); layer 0's
+    hidden input is the encoding itself."""
+    layers = []
+    for index, (weight, bias) in enumerate(zip(parameters[0::2], parameters[1::2])):
+        if index not in skip_layers:
+            layers.append(Layer(weight, bias, [WeightBlock(slice(None), index == 0)], 1.0))
+            continue
+        hidden_dim = weight.shape[1] - encoded_dim
+        blocks = [WeightBlock(slice(0, hidden_dim), index == 0), WeightBlock(slice(hidden_dim, None), True)]
+        layers.append(Layer(weight / math.sqrt(2), bias, blocks, 1.0 / math.sqrt(2)))
+    return layers
+
+
+class SoftplusMLPWithGradient(torch.autograd.Function):
+    """`(encoded, W_0, b_0, ..., W_L, b_L) -> (z_L with its first column / input_scale, d z_L[0] / d encoded)`."""
+
+    @staticmethod
+    def forward(ctx, encoded: Tensor, beta: float, skip_layers: Tuple[int, ...], input_scale: float, *parameters: Tensor):
+        layers = layers_of(parameters, encoded.shape[1], skip_layers)
+        num_hidden = len(layers) - 1  # `layers[num_hidden]` is the output layer
+        inputs: List[Tensor] = []  # x_l (the hidden part of a skip layer's input)
+        slopes: List[Tensor] = []  # s_l
+        hidden = encoded
+        for index, layer in enumerate(layers):
+            inputs.append(hidden)
+            pre_activation = None
+            for block in layer.blocks:
+                block_input, block_weight = (encoded if block.of_encoding else hidden), layer.weight[:, block.columns]
+                if pre_activation is None:
+                    pre_activation = torch.addmm(layer.bias, block_input, block_weight.t())
+                else:
+                    pre_activation.addmm_(block_input, block_weight.t())
+            if index == num_hidden:
+                break
+            slopes.append(torch.mul(pre_activation, beta).sigmoid_())
+            hidden = torch.nn.functional.softplus(pre_activation, beta)
+        output = pre_activation
+        output[:, :1].div_(input_scale)
+
+        # the level value's gradient, from the output layer's first row (the same for every point) down
+        grad_encoded = torch.zeros_like(encoded)
+        grad_hidden = None  # g_l
+        for block in layers[num_hidden].blocks:
+            row = layers[num_hidden].weight[0, block.columns]
+            if block.of_encoding:
+                grad_encoded += row
+            else:
+                grad_hidden = row.expand(encoded.shape[0], -1)
+        slope_times_grads: List[Optional[Tensor]] = [None] * num_hidden  # h_l
+        for index in range(num_hidden - 1, -1, -1):
+            slope_times_grad = slopes[index] * grad_hidden
+            slope_times_grads[index] = slope_times_grad
+            # one product for the whole input (a wide output runs faster than two narrow ones), then split
+            grad_input = torch.mm(slope_times_grad, layers[index].weight)
+            for block in layers[index].blocks:
+                if block.of_encoding:
+                    grad_encoded += grad_input[:, block.columns]
+                else:
+                    grad_hidden = grad_input[:, block.columns]
+
+        ctx.beta, ctx.skip_layers, ctx.input_scale = beta, skip_layers, input_scale
+        ctx.save_for_backward(encoded, *parameters)
+        # intermediates (neither inputs nor outputs) stay on ctx, so that backward can free them layer by layer
+        ctx.inputs, ctx.slopes, ctx.slope_times_grads = inputs, slopes, slope_times_grads
+        return output, grad_encoded
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, output_grad: Optional[Tensor], grad_encoded_grad: Optional[Tensor]):
+        encoded, *parameters = ctx.saved_tensors
+        inputs, slopes, slope_times_grads = ctx.inputs, ctx.slopes, ctx.slope_times_grads
+        del ctx.inputs, ctx.slopes, ctx.slope_times_grads
+        layers = layers_of(parameters, encoded.shape[1], ctx.skip_layers)
+        num_hidden = len(layers) - 1
+        weight_grads = [torch.zeros_like(layer.weight) for layer in layers]
+        bias_grads: List[Optional[Tensor]] = [None] * (num_hidden + 1)
+        encoded_grad = torch.zeros_like(encoded) if ctx.needs_input_grad[0] else None
+        if grad_encoded_grad is None:
+            grad_encoded_grad = torch.zeros_like(encoded)
+        if output_grad is None:
+            output_grad = encoded.new_zeros(encoded.shape[0], layers[-1].weight.shape[0])
+
+        # gradient path, from the encoding up; `gbar` is d loss / d g_{l-1}, the gradient below layer l
+        from_slopes: List[Optional[Tensor]] = []  # the part of zbar_l that comes through s_l, over beta
+        gbar = grad_encoded_grad
+        for index in range(num_hidden):
+            layer, slope_times_grad = layers[index], slope_times_grads[index]
+            slope_times_grads[index] = None
+            hbar = None
+            for block in layer.blocks:
+                block_gbar = grad_encoded_grad if block.of_encoding else gbar
+                weight_grads[index][:, block.columns].addmm_(slope_times_grad.t(), block_gbar, alpha=layer.scale)
+                if hbar is None:
+                    hbar = torch.mm(block_gbar, layer.weight[:, block.columns].t())
+                else:
+                    hbar.addmm_(block_gbar, layer.weight[:, block.columns].t())
+            slope = slopes[index]
+            gbar = hbar * slope
+            # hbar * g * s * (1 - s) = (hbar * h) * (1 - s)
+            from_slope = hbar.mul_(slope_times_grad)
+            from_slopes.append(from_slope.addcmul_(from_slope, slope, value=-1.0))
+        output_layer = layers[num_hidden]
+        for block in output_layer.blocks:
+            block_gbar = grad_encoded_grad if block.of_encoding else gbar
+            weight_grads[num_hidden][0, block.columns] += output_layer.scale * block_gbar.sum(dim=0)
+
+        # value path, from the output down; `zbar` is d loss / d z_l
+        zbar = output_grad.clone()
+        zbar[:, :1].div_(ctx.input_scale)
+        for index in range(num_hidden, -1, -1):
+            layer = layers[index]
+            bias_grads[index] = zbar.sum(dim=0)
+            for block in layer.blocks:
+                block_input = encoded if block.of_encoding else inputs[index]
+                weight_grads[index][:, block.columns].addmm_(zbar.t(), block_input, alpha=layer.scale)
+            inputs[index] = None
+            if index == 0 and encoded_grad is None:
+                break
+            input_grad = torch.mm(zbar, layer.weight)  # then split, as in the forward pass
+            for block in layer.blocks:
+                if not block.of_encoding:
+                    hidden_grad = input_grad[:, block.columns]
+                elif encoded_grad is not None:
+                    encoded_grad += input_grad[:, block.columns]
+            if index == 0:
+                break
+            zbar = hidden_grad.mul_(slopes[index - 1]).add_(from_slopes[index - 1], alpha=ctx.beta)
+            from_slopes[index - 1] = None
+        parameter_grads = [grad for pair in zip(weight_grads, bias_grads) for grad in pair]
+        return (encoded_grad, None, None, None, *parameter_grads)
