@@ -101,3 +101,23 @@ def test_compiled_field_gives_the_eager_values():
         assert not field._compile_failed
     for name in ("level", "gradient", "rgb"):
         assert torch.allclose(compiled[name], eager[name], atol=1e-5), name
+
+
+def test_radiance_network_is_the_mlp_on_the_concatenated_input():
+    """The colour network multiplies its feature block on its own; it is IDR's MLP on `[x, v, n, z]`, value and
+    gradient."""
+    from neurecon_ns.fields.sdf_field import RadianceNetworkConfig
+
+    torch.manual_seed(0)
+    network = RadianceNetworkConfig().setup(feature_dim=256).double()
+    points, directions, normals, features = (torch.randn(2, 50, dim, dtype=torch.float64, requires_grad=True) for dim in (3, 3, 3, 256))
+    hidden = torch.cat([points, network.direction_encoding(directions), normals, features], dim=-1)
+    for index, layer in enumerate(network.layers):
+        hidden = layer(hidden)
+        hidden = torch.relu(hidden) if index < len(network.layers) - 1 else hidden
+    expected = torch.sigmoid(hidden)
+    colour = network(points, directions, normals, features)
+    assert colour.shape == (2, 50, 3) and torch.allclose(colour, expected, atol=1e-12)
+    inputs = [normals, features, *network.parameters()]
+    for got, want in zip(torch.autograd.grad(colour.sum(), inputs), torch.autograd.grad(expected.sum(), inputs)):
+        assert torch.allclose(got, want, atol=1e-12)
