@@ -121,3 +121,18 @@ def test_radiance_network_is_the_mlp_on_the_concatenated_input():
     inputs = [normals, features, *network.parameters()]
     for got, want in zip(torch.autograd.grad(colour.sum(), inputs), torch.autograd.grad(expected.sum(), inputs)):
         assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_closed_form_gradient_runs_in_full_precision_under_autocast():
+    """Mixed precision (nerfstudio's `--mixed-precision`, here CPU's bfloat16 autocast) leaves the closed-form pass
+    in float32, forward and backward."""
+    torch.manual_seed(0)
+    network = GeometryNetworkConfig(num_layers=4, hidden_dim=64, skip_layers=(2,)).setup()
+    points = torch.rand(256, 3) * 2.0 - 1.0
+    expected_output, expected_gradient = network.forward_with_gradient(points)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, gradient = network.forward_with_gradient(points)
+    assert output.dtype == gradient.dtype == torch.float32
+    assert torch.allclose(output, expected_output) and torch.allclose(gradient, expected_gradient)
+    ((gradient.norm(dim=-1) - 1.0) ** 2).mean().backward()
+    assert all(parameter.grad is not None and parameter.grad.dtype == torch.float32 for parameter in network.parameters())

@@ -212,11 +212,15 @@ class GeometryNetwork(nn.Module):
         config = self.config
         encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
         parameters = [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]  # weight norm: once
-        output, grad_encoded = SoftplusMLPWithGradient.apply(
-            encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, *parameters
-        )
-        # the input scale cancels: d (level / s) / d x at x * s
-        return output, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian)
+        # full precision under mixed precision too: the hand-written backward multiplies the tensors the forward
+        # kept with fp32 gradients, and the eikonal term is a difference of nearly equal numbers
+        with torch.autocast(points.device.type, enabled=False):
+            output, grad_encoded = SoftplusMLPWithGradient.apply(
+                encoded.float() if encoded.dtype in (torch.float16, torch.bfloat16) else encoded,
+                config.softplus_beta, tuple(config.skip_layers), config.input_scale, *parameters,
+            )
+            # the input scale cancels: d (level / s) / d x at x * s
+            return output, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian.to(grad_encoded.dtype))
 
 
 @dataclass

@@ -130,11 +130,12 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
             output_grad = encoded.new_zeros(encoded.shape[0], layers[-1].weight.shape[0])
 
         # gradient path, from the encoding up; `gbar` is d loss / d g_{l-1}, the gradient below layer l
-        from_slopes: List[Optional[Tensor]] = []  # the part of zbar_l that comes through s_l, over beta
+        # the part of zbar_l that comes through s_l is beta * hbar * g * s * (1 - s) = beta * h * (hbar - gbar_l);
+        # the differences are kept, the product is taken in the value path
+        slope_grad_factors: List[Optional[Tensor]] = []  # hbar_l - gbar_l
         gbar = grad_encoded_grad
         for index in range(num_hidden):
             layer, slope_times_grad = layers[index], slope_times_grads[index]
-            slope_times_grads[index] = None
             hbar = None
             for block in layer.blocks:
                 block_gbar = grad_encoded_grad if block.of_encoding else gbar
@@ -145,9 +146,7 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
                     hbar.addmm_(block_gbar, layer.weight[:, block.columns].t())
             slope = slopes[index]
             gbar = hbar * slope
-            # hbar * g * s * (1 - s) = (hbar * h) * (1 - s)
-            from_slope = hbar.mul_(slope_times_grad)
-            from_slopes.append(from_slope.addcmul_(from_slope, slope, value=-1.0))
+            slope_grad_factors.append(hbar.sub_(gbar))
         output_layer = layers[num_hidden]
         for block in output_layer.blocks:
             block_gbar = grad_encoded_grad if block.of_encoding else gbar
@@ -173,7 +172,8 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
                     encoded_grad += input_grad[:, block.columns]
             if index == 0:
                 break
-            zbar = hidden_grad.mul_(slopes[index - 1]).add_(from_slopes[index - 1], alpha=ctx.beta)
-            from_slopes[index - 1] = None
+            zbar = hidden_grad.mul_(slopes[index - 1])
+            zbar.addcmul_(slope_times_grads[index - 1], slope_grad_factors[index - 1], value=ctx.beta)
+            slope_times_grads[index - 1] = slope_grad_factors[index - 1] = None
         parameter_grads = [grad for pair in zip(weight_grads, bias_grads) for grad in pair]
         return (encoded_grad, None, None, None, *parameter_grads)
