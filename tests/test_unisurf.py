@@ -260,7 +260,8 @@ def test_level_set_is_the_exported_geometry_value_negative_inside():
     model = tiny_unisurf_model()
     points = torch.randn(2000, 3) * 0.6
     exported = model.field.forward_geonetwork(points)[:, 0]
-    assert torch.equal(model.level_set(points), exported)
+    # the same function (the level-value query takes only the output layer's first row: rounding may differ)
+    assert torch.allclose(model.level_set(points), exported, rtol=0.0, atol=1e-6)
     # the geometric initialisation gives a blob around the origin (a rough sphere for a small network)
     far_away = torch.nn.functional.normalize(torch.randn(100, 3), dim=-1) * 3.0
     assert model.level_set(torch.zeros(1, 3)).item() < 0

@@ -7,15 +7,16 @@ With `x_l` the input of layer `l`, `z_l = x_l W_l^T + b_l`, `a_l = softplus_beta
 
 down to the encoded point (a skip layer's `W_l` is split between the hidden input and the encoding).
 Training differentiates a loss of both outputs (colour and SDF losses through `y` and the features,
-eikonal and normal terms through the gradient). Written out, with `ybar` for d loss / d y:
+eikonal and normal terms through the gradient). Written out, with `vbar` for d loss / d v:
 
     gradient path, l = 0 .. L-1:   hbar_l = gbar_{l-1} W_l^T,  Wbar_l += h_l^T gbar_{l-1},  gbar_l = hbar_l * s_l,
-                                   zbar_l(from the slope) = beta * hbar_l * h_l * (1 - s_l)
+                                   zbar_l(from the slope) = beta * hbar_l * g_l * s_l (1 - s_l)
+                                                          = beta * h_l * (hbar_l - gbar_l)
     value path, l = L .. 0:        Wbar_l += zbar_l^T x_l,  bbar_l += sum zbar_l,  abar_{l-1} = zbar_l W_l,
                                    zbar_{l-1} = abar_{l-1} * s_{l-1} + zbar_{l-1}(from the slope)
 
 (`gbar_{-1}` is the loss's gradient with respect to the returned encoding gradient). This is the same
-derivative autograd takes through `GeometryNetwork._mlp` and the chain above (tests/test_fields.py
+derivative autograd takes through `GeometryNetwork.forward` and the chain above (tests/test_fields.py
 compares them in float64), but it runs 6 matrix products and about 10 elementwise passes per layer, reuses
 the slopes the forward pass kept, and keeps no autograd graph of the 8 layers' ~40 operations. The skip
 layer's concatenation is never built: its product is split into the hidden part and the encoding part.

@@ -5,7 +5,7 @@ glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh 
 activation of the paper-size NeuS step is 64 MiB), so every one of them is paid again in page faults, 16,384
 of them for 4-KiB pages, each followed by the kernel zeroing the page: a 64 MiB elementwise product took 27-34 ms
 that way on the 2-core benchmark machine and 7 ms in reused memory, and the whole `neus-dtu` step went from
-9-10 s to 5 s. Turning off mmap for large blocks and the trimming of the heap's top keeps freed pages in the
+8.9 s to 5.3 s. Turning off mmap for large blocks and the trimming of the heap's top keeps freed pages in the
 process for the next step, as jemalloc or tcmalloc would (PyTorch's CPU tuning guide suggests preloading them).
 The price is that the process's resident memory stays at its peak instead of shrinking between steps.
 """
