@@ -103,8 +103,8 @@ class SurfaceModelConfig(ModelConfig):
     """Surface mode: secant refinements of the root search."""
     keep_freed_host_memory: bool = True
     """Keep freed host memory in the process for the next step (glibc's malloc on Linux; nothing elsewhere)
-    instead of unmapping every large tensor when it is freed and faulting its pages in again: it halves the
-    time of a CPU training step (docs/speed.md). Resident memory then stays at its peak."""
+    instead of unmapping every large tensor when it is freed and faulting its pages in again: it took 40% off the
+    paper-size NeuS step on a CPU (docs/speed.md). Resident memory then stays at its peak."""
 
 
 class SurfaceModel(Model):
