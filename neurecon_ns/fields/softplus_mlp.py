@@ -18,7 +18,7 @@ eikonal and normal terms through the gradient). Written out, with `vbar` for d l
 (`gbar_{-1}` is the loss's gradient with respect to the returned encoding gradient). This is the same
 derivative autograd takes through `GeometryNetwork.forward` and the chain above (tests/test_fields.py
 compares them in float64), but it runs 6 matrix products and about 10 elementwise passes per layer, reuses
-the slopes the forward pass kept, and keeps no autograd graph of the 8 layers' ~40 operations. The skip
+the slopes the forward pass kept, and keeps no autograd graph of the layers' operations. The skip
 layer's concatenation is never built: its product is split into the hidden part and the encoding part.
 """
 
