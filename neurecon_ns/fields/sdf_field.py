@@ -205,22 +205,21 @@ class GeometryNetwork(nn.Module):
 
         starting from the level value's row of the last layer, with a skip layer's input split between
         the hidden path and the encoding, and the encoding's Jacobian at the end. The result is the
-        same as autograd's (tests/test_fields.py), but it is an ordinary forward computation: the eikonal
-        loss needs only a first-order backward pass through it, not the double backward of `autograd.grad(...,
-        create_graph=True)`, and `torch.compile` can fuse it (the double backward it cannot trace).
+        same as autograd's (tests/test_fields.py), but the MLP's part is one autograd node
+        (`SoftplusMLPWithGradient`) whose first-order backward is written by hand: no double backward of
+        `autograd.grad(..., create_graph=True)`, and no graph of the layers' operations.
         """
         config = self.config
-        encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
-        parameters = [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]  # weight norm: once
-        # full precision under mixed precision too: the hand-written backward multiplies the tensors the forward
-        # kept with fp32 gradients, and the eikonal term is a difference of nearly equal numbers
+        # full precision under mixed precision too, encoding included: the hand-written backward multiplies the
+        # tensors the forward kept with fp32 gradients, and the eikonal term is a difference of nearly equal numbers
         with torch.autocast(points.device.type, enabled=False):
+            encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
+            parameters = [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]  # weight norm: once
             output, grad_encoded = SoftplusMLPWithGradient.apply(
-                encoded.float() if encoded.dtype in (torch.float16, torch.bfloat16) else encoded,
-                config.softplus_beta, tuple(config.skip_layers), config.input_scale, *parameters,
+                encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, *parameters
             )
             # the input scale cancels: d (level / s) / d x at x * s
-            return output, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian.to(grad_encoded.dtype))
+            return output, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian)
 
 
 @dataclass
