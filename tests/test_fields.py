@@ -38,7 +38,8 @@ def test_closed_form_gradient_equals_autograd_and_trains_the_same(settings):
     points = torch.rand(300, 3, dtype=torch.float64) * 2.0 - 1.0
     points[:3] = torch.tensor([[1.2, 0.1, -0.3], [0.0, -1.5, 0.2], [0.3, 0.3, 0.3]])  # outside the grid's cube too
     expected_output, expected_gradient = autograd_value_and_gradient(network, points)
-    output, gradient = network.forward_with_gradient(points)
+    level_value, features, gradient = network.forward_with_gradient(points)
+    output = torch.cat([level_value, features], dim=-1)
     # softplus is linear beyond beta z = 20 in torch, while its closed-form slope is sigmoid(20) = 1 - 2e-9 there
     assert torch.allclose(output, expected_output, atol=1e-10)
     assert torch.allclose(gradient, expected_gradient, rtol=1e-6, atol=1e-7)
@@ -129,10 +130,11 @@ def test_closed_form_gradient_runs_in_full_precision_under_autocast():
     torch.manual_seed(0)
     network = GeometryNetworkConfig(num_layers=4, hidden_dim=64, skip_layers=(2,)).setup()
     points = torch.rand(256, 3) * 2.0 - 1.0
-    expected_output, expected_gradient = network.forward_with_gradient(points)
+    *expected_outputs, expected_gradient = network.forward_with_gradient(points)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        output, gradient = network.forward_with_gradient(points)
-    assert output.dtype == gradient.dtype == torch.float32
-    assert torch.allclose(output, expected_output) and torch.allclose(gradient, expected_gradient)
+        level_value, features, gradient = network.forward_with_gradient(points)
+    assert level_value.dtype == features.dtype == gradient.dtype == torch.float32
+    assert torch.allclose(level_value, expected_outputs[0]) and torch.allclose(features, expected_outputs[1])
+    assert torch.allclose(gradient, expected_gradient)
     ((gradient.norm(dim=-1) - 1.0) ** 2).mean().backward()
     assert all(parameter.grad is not None and parameter.grad.dtype == torch.float32 for parameter in network.parameters())

@@ -197,8 +197,8 @@ class GeometryNetwork(nn.Module):
 
     def forward_with_gradient(
         self, points: Float[Tensor, "num_points 3"]
-    ) -> Tuple[Float[Tensor, "num_points out_dim"], Float[Tensor, "num_points 3"]]:
-        """`forward(points)` and the gradient of its level value with respect to the points, the chain rule
+    ) -> Tuple[Float[Tensor, "num_points 1"], Float[Tensor, "num_points feature_dim"], Float[Tensor, "num_points 3"]]:
+        """`forward(points)`, as level value and features, and the gradient of its level value with respect to the points, the chain rule
         written out layer by layer: with `z_l = W_l a_{l-1} + b_l` and `a_l = softplus_beta(z_l)`,
 
             d level / d a_{l-1} = W_l^T (sigmoid(beta z_l) * d level / d a_l),
@@ -215,11 +215,11 @@ class GeometryNetwork(nn.Module):
         with torch.autocast(points.device.type, enabled=False):
             encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
             parameters = [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]  # weight norm: once
-            output, grad_encoded = SoftplusMLPWithGradient.apply(
+            level_value, features, grad_encoded = SoftplusMLPWithGradient.apply(
                 encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, *parameters
             )
             # the input scale cancels: d (level / s) / d x at x * s
-            return output, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian)
+            return level_value, features, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian)
 
 
 @dataclass
@@ -375,9 +375,9 @@ class SurfaceField(nn.Module):
         if self.config.gradient == "analytic" and getattr(self.geometry_network, "has_closed_form_gradient", False):
             with torch.set_grad_enabled(create_graph):
                 closed_form = self._network_pass("geometry and gradient", self.geometry_network.forward_with_gradient)
-                output, gradient = closed_form(points.reshape(-1, 3))
-            output = output.reshape(*points.shape[:-1], -1)
-            return output[..., :1], output[..., 1:], gradient.reshape(points.shape)
+                level_value, features, gradient = closed_form(points.reshape(-1, 3))
+            batch_shape = points.shape[:-1]
+            return level_value.reshape(*batch_shape, 1), features.reshape(*batch_shape, -1), gradient.reshape(points.shape)
         with torch.enable_grad():
             if not points.requires_grad:
                 points = points.detach().requires_grad_(True)

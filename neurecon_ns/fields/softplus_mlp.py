@@ -61,8 +61,25 @@ def layers_of(parameters: Sequence[Tensor], encoded_dim: int, skip_layers: Seque
     return layers
 
 
+def products(layer: Layer, hidden: Tensor, encoded: Tensor, rows: slice = slice(None)) -> Tensor:
+    """`x W[rows]^T + b[rows]` of one layer, its input in blocks."""
+    pre_activation = None
+    for block in layer.blocks:
+        block_input, block_weight = (encoded if block.of_encoding else hidden), layer.weight[rows, block.columns]
+        if pre_activation is None:
+            pre_activation = torch.addmm(layer.bias[rows], block_input, block_weight.t())
+        else:
+            pre_activation.addmm_(block_input, block_weight.t())
+    return pre_activation
+
+
 class SoftplusMLPWithGradient(torch.autograd.Function):
-    """`(encoded, W_0, b_0, ..., W_L, b_L) -> (z_L with its first column / input_scale, d z_L[0] / d encoded)`."""
+    """`(encoded, W_0, b_0, ..., W_L, b_L) -> (z_L[0] / input_scale, z_L[1:], d z_L[0] / d encoded)`.
+
+    The output layer's first row (the level value) and its other rows (the features) are separate products and
+    separate outputs: a 257-wide product and its split (and, in the backward pass, the gradient assembled
+    from two slices) cost more than a 256-wide product and a matrix-vector product.
+    """
 
     @staticmethod
     def forward(ctx, encoded: Tensor, beta: float, skip_layers: Tuple[int, ...], input_scale: float, *parameters: Tensor):
@@ -71,21 +88,14 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
         inputs: List[Tensor] = []  # x_l (the hidden part of a skip layer's input)
         slopes: List[Tensor] = []  # s_l
         hidden = encoded
-        for index, layer in enumerate(layers):
+        for layer in layers[:num_hidden]:
             inputs.append(hidden)
-            pre_activation = None
-            for block in layer.blocks:
-                block_input, block_weight = (encoded if block.of_encoding else hidden), layer.weight[:, block.columns]
-                if pre_activation is None:
-                    pre_activation = torch.addmm(layer.bias, block_input, block_weight.t())
-                else:
-                    pre_activation.addmm_(block_input, block_weight.t())
-            if index == num_hidden:
-                break
+            pre_activation = products(layer, hidden, encoded)
             slopes.append(torch.mul(pre_activation, beta).sigmoid_())
             hidden = torch.nn.functional.softplus(pre_activation, beta)
-        output = pre_activation
-        output[:, :1].div_(input_scale)
+        inputs.append(hidden)
+        level = products(layers[num_hidden], hidden, encoded, slice(0, 1)).div_(input_scale)
+        features = products(layers[num_hidden], hidden, encoded, slice(1, None))
 
         # the level value's gradient, from the output layer's first row (the same for every point) down
         grad_encoded = torch.zeros_like(encoded)
@@ -112,23 +122,25 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
         ctx.save_for_backward(encoded, *parameters)
         # intermediates (neither inputs nor outputs) stay on ctx, so that backward can free them layer by layer
         ctx.inputs, ctx.slopes, ctx.slope_times_grads = inputs, slopes, slope_times_grads
-        return output, grad_encoded
+        return level, features, grad_encoded
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, output_grad: Optional[Tensor], grad_encoded_grad: Optional[Tensor]):
+    def backward(ctx, level_grad: Optional[Tensor], features_grad: Optional[Tensor], grad_encoded_grad: Optional[Tensor]):
         encoded, *parameters = ctx.saved_tensors
         inputs, slopes, slope_times_grads = ctx.inputs, ctx.slopes, ctx.slope_times_grads
         del ctx.inputs, ctx.slopes, ctx.slope_times_grads
         layers = layers_of(parameters, encoded.shape[1], ctx.skip_layers)
         num_hidden = len(layers) - 1
         weight_grads = [torch.zeros_like(layer.weight) for layer in layers]
-        bias_grads: List[Optional[Tensor]] = [None] * (num_hidden + 1)
+        bias_grads = [torch.zeros_like(layer.bias) for layer in layers]
         encoded_grad = torch.zeros_like(encoded) if ctx.needs_input_grad[0] else None
         if grad_encoded_grad is None:
             grad_encoded_grad = torch.zeros_like(encoded)
-        if output_grad is None:
-            output_grad = encoded.new_zeros(encoded.shape[0], layers[-1].weight.shape[0])
+        num_points, output_dim = encoded.shape[0], layers[num_hidden].weight.shape[0]
+        level_grad = encoded.new_zeros(num_points, 1) if level_grad is None else level_grad / ctx.input_scale
+        if features_grad is None:
+            features_grad = encoded.new_zeros(num_points, output_dim - 1)
 
         # gradient path, from the encoding up; `gbar` is d loss / d g_{l-1}, the gradient below layer l
         # the part of zbar_l that comes through s_l is beta * hbar * g * s * (1 - s) = beta * h * (hbar - gbar_l);
@@ -153,19 +165,22 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
             block_gbar = grad_encoded_grad if block.of_encoding else gbar
             weight_grads[num_hidden][0, block.columns] += output_layer.scale * block_gbar.sum(dim=0)
 
-        # value path, from the output down; `zbar` is d loss / d z_l
-        zbar = output_grad.clone()
-        zbar[:, :1].div_(ctx.input_scale)
+        # value path, from the output down; `zbar` is d loss / d z_l, the output layer's in two blocks of rows
+        zbar_rows = [(slice(0, 1), level_grad), (slice(1, None), features_grad)]
         for index in range(num_hidden, -1, -1):
             layer = layers[index]
-            bias_grads[index] = zbar.sum(dim=0)
-            for block in layer.blocks:
-                block_input = encoded if block.of_encoding else inputs[index]
-                weight_grads[index][:, block.columns].addmm_(zbar.t(), block_input, alpha=layer.scale)
+            input_grad = None
+            for rows, zbar in zbar_rows:
+                bias_grads[index][rows] = zbar.sum(dim=0)
+                for block in layer.blocks:
+                    block_input = encoded if block.of_encoding else inputs[index]
+                    weight_grads[index][rows, block.columns].addmm_(zbar.t(), block_input, alpha=layer.scale)
+                if index > 0 or encoded_grad is not None:  # one product for the whole input, then split
+                    weight = layer.weight[rows]
+                    input_grad = torch.mm(zbar, weight) if input_grad is None else input_grad.addmm_(zbar, weight)
             inputs[index] = None
-            if index == 0 and encoded_grad is None:
+            if input_grad is None:
                 break
-            input_grad = torch.mm(zbar, layer.weight)  # then split, as in the forward pass
             for block in layer.blocks:
                 if not block.of_encoding:
                     hidden_grad = input_grad[:, block.columns]
@@ -175,6 +190,7 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
                 break
             zbar = hidden_grad.mul_(slopes[index - 1])
             zbar.addcmul_(slope_times_grads[index - 1], slope_grad_factors[index - 1], value=ctx.beta)
+            zbar_rows = [(slice(None), zbar)]
             slope_times_grads[index - 1] = slope_grad_factors[index - 1] = None
         parameter_grads = [grad for pair in zip(weight_grads, bias_grads) for grad in pair]
         return (encoded_grad, None, None, None, *parameter_grads)
