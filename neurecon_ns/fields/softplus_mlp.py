@@ -61,13 +61,24 @@ def layers_of(parameters: Sequence[Tensor], encoded_dim: int, skip_layers: Seque
     return layers
 
 
+def aligned_mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """`bias + a b` in a matrix whose rows start 16 elements apart (a view of a wider one where the product's
+    width is not a multiple of 16). BLAS writes aligned rows much faster: the paper network's 217-wide
+    layer before its skip takes 49 ms instead of 75 ms at 65,536 points (fp32, AVX2), as fast as a 256-wide one."""
+    num_columns = b.shape[1]
+    if num_columns % 16 == 0:
+        return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
+    out = a.new_empty(a.shape[0], -(-num_columns // 16) * 16)[:, :num_columns]
+    return torch.mm(a, b, out=out) if bias is None else torch.addmm(bias, a, b, out=out)
+
+
 def products(layer: Layer, hidden: Tensor, encoded: Tensor, rows: slice = slice(None)) -> Tensor:
     """`x W[rows]^T + b[rows]` of one layer, its input in blocks."""
     pre_activation = None
     for block in layer.blocks:
         block_input, block_weight = (encoded if block.of_encoding else hidden), layer.weight[rows, block.columns]
         if pre_activation is None:
-            pre_activation = torch.addmm(layer.bias[rows], block_input, block_weight.t())
+            pre_activation = aligned_mm(block_input, block_weight.t(), layer.bias[rows])
         else:
             pre_activation.addmm_(block_input, block_weight.t())
     return pre_activation
@@ -154,7 +165,7 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
                 block_gbar = grad_encoded_grad if block.of_encoding else gbar
                 weight_grads[index][:, block.columns].addmm_(slope_times_grad.t(), block_gbar, alpha=layer.scale)
                 if hbar is None:
-                    hbar = torch.mm(block_gbar, layer.weight[:, block.columns].t())
+                    hbar = aligned_mm(block_gbar, layer.weight[:, block.columns].t())
                 else:
                     hbar.addmm_(block_gbar, layer.weight[:, block.columns].t())
             slope = slopes[index]
@@ -166,7 +177,8 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
             weight_grads[num_hidden][0, block.columns] += output_layer.scale * block_gbar.sum(dim=0)
 
         # value path, from the output down; `zbar` is d loss / d z_l, the output layer's in two blocks of rows
-        zbar_rows = [(slice(0, 1), level_grad), (slice(1, None), features_grad)]
+        # (the features' first: the level row's product is a rank-one update, fast in place only)
+        zbar_rows = [(slice(1, None), features_grad), (slice(0, 1), level_grad)]
         for index in range(num_hidden, -1, -1):
             layer = layers[index]
             input_grad = None
