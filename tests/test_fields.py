@@ -44,7 +44,10 @@ def test_closed_form_gradient_equals_autograd_and_trains_the_same(settings):
     assert torch.allclose(output, expected_output, atol=1e-10)
     assert torch.allclose(gradient, expected_gradient, rtol=1e-6, atol=1e-7)
     assert gradient.norm(dim=-1).std() > 1e-3  # a gradient that varies: the comparison is not of constants
-    assert torch.allclose(network.level_value(points), expected_output[:, :1], atol=1e-12)  # the samplers' query
+    assert torch.allclose(network.level_value(points), expected_output[:, :1], atol=1e-12)
+    with torch.no_grad():  # the samplers' queries: the closed-form pass's products, batch dimensions kept
+        level_value = network.level_value(points.reshape(3, 100, 3))
+    assert level_value.shape == (3, 100, 1) and torch.allclose(level_value.reshape(-1, 1), expected_output[:, :1], atol=1e-12)
 
     # a loss of both outputs (colour-like terms of value and features, the eikonal term of the gradient)
     # trains the parameters through either in the same direction

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from neurecon_ns.fields.hash_encoding import HashGridConfig, ProgressiveHashEncoding
-from neurecon_ns.fields.softplus_mlp import SoftplusMLPWithGradient
+from neurecon_ns.fields.softplus_mlp import SoftplusMLPWithGradient, level_value_without_grad
 
 
 class PositionalEncoding(nn.Module):
@@ -169,8 +169,18 @@ class GeometryNetwork(nn.Module):
 
     def level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """The level value alone: the output layer's first row only (the samplers' and the mesher's queries
-        need no features, which are 256 of the paper network's 257 outputs)."""
-        return self._mlp(points, level_only=True)
+        need no features, which are 256 of the paper network's 257 outputs). Outside autograd and mixed
+        precision (the samplers' queries) it runs the closed-form pass's forward products, without the skip
+        layer's concatenation."""
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(points.device.type):
+            return self._mlp(points, level_only=True)
+        config = self.config
+        encoded = self.encoding(points.reshape(-1, 3) * config.input_scale)
+        parameters = [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]
+        level_value = level_value_without_grad(
+            encoded, config.softplus_beta, config.skip_layers, config.input_scale, parameters
+        )
+        return level_value.reshape(*points.shape[:-1], 1)
 
     def _mlp(self, points: Float[Tensor, "*bs 3"], level_only: bool) -> Tensor:
         config = self.config
