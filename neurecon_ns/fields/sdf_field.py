@@ -208,8 +208,9 @@ class GeometryNetwork(nn.Module):
     def forward_with_gradient(
         self, points: Float[Tensor, "num_points 3"]
     ) -> Tuple[Float[Tensor, "num_points 1"], Float[Tensor, "num_points feature_dim"], Float[Tensor, "num_points 3"]]:
-        """`forward(points)`, as level value and features, and the gradient of its level value with respect to the points, the chain rule
-        written out layer by layer: with `z_l = W_l a_{l-1} + b_l` and `a_l = softplus_beta(z_l)`,
+        """`forward(points)`, as level value and features, and the level value's gradient with respect to the
+        points, the chain rule written out layer by layer: with `z_l = W_l a_{l-1} + b_l` and
+        `a_l = softplus_beta(z_l)`,
 
             d level / d a_{l-1} = W_l^T (sigmoid(beta z_l) * d level / d a_l),
 

@@ -89,7 +89,7 @@ def level_value_without_grad(
     encoded: Tensor, beta: float, skip_layers: Sequence[int], input_scale: float, parameters: Sequence[Tensor]
 ) -> Tensor:
     """`z_L[0] / input_scale` alone, outside autograd (the samplers' and the mesher's queries): the forward pass
-    below with no slopes kept, the skip layer's input in blocks and only the output layer's first row."""
+    of `SoftplusMLPWithGradient` with no slopes kept and only the output layer's first row."""
     layers = layers_of(parameters, encoded.shape[1], skip_layers)
     hidden = encoded
     for layer in layers[:-1]:
