@@ -20,19 +20,10 @@ from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
-from training_throughput import build_trainer, sync
+from training_throughput import build_trainer, flop_formula, sync
 
 from neurecon_ns.data.synthetic import write_scene
 from neurecon_ns.training import run_iteration
-
-
-def flop_formula(func):
-    packet = func._overloadpacket
-    formula = flop_registry.get(packet)
-    if formula is None and packet.__name__.endswith("_"):  # in-place products count as their originals
-        formula = flop_registry.get(getattr(torch.ops.aten, packet.__name__[:-1], None))
-    return formula
 
 
 class OperatorTimer(TorchDispatchMode):

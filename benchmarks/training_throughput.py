@@ -53,6 +53,16 @@ def matmul_peak(device: str, size: int = 2048, repeats: int = 30) -> float:
     return 2.0 * size**3 / best
 
 
+def flop_formula(func):
+    """torch's FLOP formula of an operator (matrix products, convolutions), None for the others; in-place
+    products (`addmm_`) count as their originals."""
+    packet = func._overloadpacket
+    formula = flop_registry.get(packet)
+    if formula is None and packet.__name__.endswith("_"):
+        formula = flop_registry.get(getattr(torch.ops.aten, packet.__name__[:-1], None))
+    return formula
+
+
 class MatmulFlopCounter(TorchDispatchMode):
     """Adds up the FLOPs of every operator torch has a formula for (matrix products, convolutions).
 
@@ -67,10 +77,7 @@ class MatmulFlopCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        packet = func._overloadpacket
-        formula = flop_registry.get(packet)
-        if formula is None and packet.__name__.endswith("_"):  # in-place products (addmm_) count as their originals
-            formula = flop_registry.get(getattr(torch.ops.aten, packet.__name__[:-1], None))
+        formula = flop_formula(func)
         if formula is not None:
             self.total += formula(*args, **kwargs, out_val=out)
         return out

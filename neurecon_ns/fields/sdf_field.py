@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Literal, Optional, Tuple, Type
+from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -176,11 +176,14 @@ class GeometryNetwork(nn.Module):
             return self._mlp(points, level_only=True)
         config = self.config
         encoded = self.encoding(points.reshape(-1, 3) * config.input_scale)
-        parameters = [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]
         level_value = level_value_without_grad(
-            encoded, config.softplus_beta, config.skip_layers, config.input_scale, parameters
+            encoded, config.softplus_beta, config.skip_layers, config.input_scale, self._weights_and_biases()
         )
         return level_value.reshape(*points.shape[:-1], 1)
+
+    def _weights_and_biases(self) -> List[Tensor]:
+        """`[W_0, b_0, ..., W_L, b_L]`, each weight computed once (weight norm) for the closed-form pass."""
+        return [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]
 
     def _mlp(self, points: Float[Tensor, "*bs 3"], level_only: bool) -> Tensor:
         config = self.config
@@ -225,9 +228,8 @@ class GeometryNetwork(nn.Module):
         # tensors the forward kept with fp32 gradients, and the eikonal term is a difference of nearly equal numbers
         with torch.autocast(points.device.type, enabled=False):
             encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
-            parameters = [tensor for layer in self.layers for tensor in (layer.weight, layer.bias)]  # weight norm: once
             level_value, features, grad_encoded = SoftplusMLPWithGradient.apply(
-                encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, *parameters
+                encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, *self._weights_and_biases()
             )
             # the input scale cancels: d (level / s) / d x at x * s
             return level_value, features, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian)
