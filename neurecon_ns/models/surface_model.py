@@ -148,6 +148,9 @@ class SurfaceModel(Model):
             cb_hook=self._on_render_mode_control,
             hint="volume: composite samples as in training; surface: shade the first surface point of each ray",
         )
+        from neurecon_ns.render.viewer_mesh import MeshPreviewButton
+
+        self.mesh_preview_button = MeshPreviewButton(self)  # "Preview mesh": the current surface in the 3D scene
 
     def _on_render_mode_control(self, control: ViewerDropdown) -> None:
         self.render_mode = control.value
