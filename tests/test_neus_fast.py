@@ -50,7 +50,7 @@ def test_progressive_levels_switch_features_on_coarse_to_fine():
     encoding.update_to_step(25)  # 2 + 25 // 10 = 4 levels
     features = encoding(points)[:, 3:].reshape(64, 6, 2)
     assert features[:, :4].abs().sum() > 0 and features[:, 4:].abs().sum() == 0
-    assert encoding.finest_active_cell() == pytest.approx(2.0 / encoding.level_resolution(3))
+    assert float(encoding.finest_active_cell()) == pytest.approx(2.0 / encoding.level_resolution(3))
 
 
 @pytest.mark.parametrize("encoding", ["frequency", "hash"])

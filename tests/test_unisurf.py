@@ -302,7 +302,10 @@ def test_training_step_gives_colour_and_smoothness_losses_and_gradients():
     losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
     assert set(losses) >= {"rgb_loss", "normal_smoothness_loss"}
     assert "eikonal_loss" not in losses
-    assert outputs["normal_difference"].numel() > 0, "the initial sphere is hit by rays aimed at the centre"
+    assert outputs["surface_hit"].sum() > 0, "the initial sphere is hit by rays aimed at the centre"
+    hit = outputs["surface_hit"] > 0
+    expected = outputs["normal_difference"][hit].mean() * model.config.normal_smoothness_loss_weight / 3
+    assert torch.allclose(losses["normal_smoothness_loss"], expected), "the mean is over the rays that hit"
     sum(losses.values()).backward()
     geometry_grads = [p.grad for p in model.field.geometry_network.parameters() if p.grad is not None]
     assert geometry_grads and any(g.abs().sum() > 0 for g in geometry_grads)

@@ -161,6 +161,8 @@ class ProgressiveHashEncoding(nn.Module):
             self.grids = MultiResolutionGrid(resolutions, config.features_per_level, config.log2_hashmap_size)
         initial = config.num_levels if config.steps_per_level <= 0 else min(config.initial_levels, config.num_levels)
         self.register_buffer("active_levels", torch.tensor(initial, dtype=torch.long))
+        cell_sizes = [2.0 * config.bound / self.level_resolution(level) for level in range(config.num_levels)]
+        self.register_buffer("cell_sizes", torch.tensor(cell_sizes), persistent=False)
 
     def get_out_dim(self) -> int:
         return 3 + self.config.num_levels * self.config.features_per_level
@@ -173,9 +175,10 @@ class ProgressiveHashEncoding(nn.Module):
         growth = math.exp((math.log(config.max_resolution) - math.log(config.min_resolution)) / (config.num_levels - 1))
         return int(math.floor(config.min_resolution * growth**level))
 
-    def finest_active_cell(self) -> float:
-        """Edge length of a cell of the finest active grid, in training-space units."""
-        return 2.0 * self.config.bound / self.level_resolution(int(self.active_levels) - 1)
+    def finest_active_cell(self) -> Tensor:
+        """Edge length of a cell of the finest active grid, in training-space units (a 0-d tensor on the grid's
+        device: reading the active level on the host would wait for the device at every call)."""
+        return self.cell_sizes[self.active_levels - 1]
 
     def update_to_step(self, step: int) -> None:
         config = self.config

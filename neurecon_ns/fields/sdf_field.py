@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
+from typing import Callable, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from neurecon_ns.fields.hash_encoding import HashGridConfig, ProgressiveHashEncoding
 from neurecon_ns.fields.softplus_mlp import SoftplusMLPWithGradient, level_value_without_grad
+from neurecon_ns.utils.accelerator import at_least_float32, autocast_enabled, full_precision
 
 
 class PositionalEncoding(nn.Module):
@@ -171,9 +172,10 @@ class GeometryNetwork(nn.Module):
         """The level value alone: the output layer's first row only (the samplers' and the mesher's queries
         need no features, which are 256 of the paper network's 257 outputs). Outside autograd and mixed
         precision (the samplers' queries) it runs the closed-form pass's forward products, without the skip
-        layer's concatenation."""
-        if torch.is_grad_enabled() or torch.is_autocast_enabled(points.device.type):
-            return self._mlp(points, level_only=True)
+        layer's concatenation. Under mixed precision the products are autocast's, and the value comes back in
+        float32 for the arithmetic of the samplers that read it."""
+        if torch.is_grad_enabled() or autocast_enabled(points.device.type):
+            return at_least_float32(self._mlp(points, level_only=True))
         config = self.config
         encoded = self.encoding(points.reshape(-1, 3) * config.input_scale)
         level_value = level_value_without_grad(
@@ -226,7 +228,7 @@ class GeometryNetwork(nn.Module):
         config = self.config
         # full precision under mixed precision too, encoding included: the hand-written backward multiplies the
         # tensors the forward kept with fp32 gradients, and the eikonal term is a difference of nearly equal numbers
-        with torch.autocast(points.device.type, enabled=False):
+        with full_precision(points.device.type):
             encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
             level_value, features, grad_encoded = SoftplusMLPWithGradient.apply(
                 encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, *self._weights_and_biases()
@@ -290,7 +292,8 @@ class RadianceNetwork(nn.Module):
         first, *rest = self.layers
         weight = first.weight
         hidden = F.linear(torch.cat(narrow, dim=-1).reshape(-1, weight.shape[1] - feature_dim), weight[:, :-feature_dim], first.bias)
-        hidden = hidden.addmm_(features.reshape(-1, feature_dim), weight[:, -feature_dim:].t())
+        # out of place: autocast casts `addmm`'s operands to one precision, never an in-place product's
+        hidden = torch.addmm(hidden, features.reshape(-1, feature_dim), weight[:, -feature_dim:].t())
         for layer in rest:
             hidden = layer(torch.relu(hidden))
         hidden = hidden.reshape(*batch_shape, -1)
@@ -362,7 +365,8 @@ class SurfaceField(nn.Module):
         if update is not None:
             update(step)
 
-    def numerical_gradient_step(self) -> float:
+    def numerical_gradient_step(self) -> Union[float, Tensor]:
+        """The central differences' step `h`: the config's, the finest active hash level's cell, or 1e-3."""
         if self.config.numerical_gradient_step > 0:
             return self.config.numerical_gradient_step
         encoding = getattr(self.geometry_network, "encoding", None)
@@ -380,9 +384,20 @@ class SurfaceField(nn.Module):
         `gradient="autograd"`) it comes from autograd under `enable_grad`, so that normals also come out of
         nerfstudio's `no_grad` rendering paths (viewer, ns-render). The graph is kept only while training
         (the eikonal loss differentiates through it).
+
+        Under mixed precision all three run in float32: the NeuS, VolSDF and UNISURF mappings read the level
+        value at a sharpness of hundreds to thousands per unit, the eikonal term is a difference of nearly
+        equal numbers, and central differences divide a difference of level values by `2h` (about 1e-3 once
+        all hash levels are active), where half precision's rounding would be most of the result.
         """
         if create_graph is None:
             create_graph = self.training and torch.is_grad_enabled()
+        with full_precision(points.device.type):
+            return self._level_value_and_gradient(at_least_float32(points), create_graph)
+
+    def _level_value_and_gradient(
+        self, points: Float[Tensor, "*bs 3"], create_graph: bool
+    ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
         if self.config.gradient == "numerical":
             return self._level_value_and_numerical_gradient(points, keep_graph=create_graph)
         if self.config.gradient == "analytic" and getattr(self.geometry_network, "has_closed_form_gradient", False):
@@ -441,7 +456,8 @@ class SurfaceField(nn.Module):
         through them without a second derivative.
         """
         step = self.numerical_gradient_step()
-        offsets = torch.cat([torch.eye(3), -torch.eye(3)]).to(points) * step  # [6, 3]
+        axes = torch.eye(3, device=points.device, dtype=points.dtype)
+        offsets = torch.cat([axes, -axes]) * step  # [6, 3]
         shifted = points[..., None, :] + offsets  # [..., 6, 3]
         with torch.set_grad_enabled(keep_graph):
             output = self.geometry_network(torch.cat([points[..., None, :], shifted], dim=-2))

@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from neurecon_ns.utils.accelerator import at_least_float32, full_precision
+
 
 class WeightBlock(NamedTuple):
     """The columns of a layer's weight that multiply one of its inputs: the hidden input or (skip layers) the encoding."""
@@ -103,10 +105,21 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
     The output layer's first row (the level value) and its other rows (the features) are separate products and
     separate outputs: a 257-wide product and its split (and, in the backward pass, the gradient assembled
     from two slices) cost more than a 256-wide product and a matrix-vector product.
+
+    Forward and backward run in float32 whatever autocast the caller has on, on any device (what
+    `torch.amp.custom_fwd(cast_inputs=torch.float32)` and `custom_bwd` do for one device type): the backward
+    multiplies the slopes the forward kept with float32 gradients, and the eikonal term is a difference of
+    nearly equal numbers.
     """
 
     @staticmethod
     def forward(ctx, encoded: Tensor, beta: float, skip_layers: Tuple[int, ...], input_scale: float, *parameters: Tensor):
+        with full_precision(encoded.device.type):
+            parameters = tuple(at_least_float32(parameter) for parameter in parameters)
+            return SoftplusMLPWithGradient._forward(ctx, at_least_float32(encoded), beta, skip_layers, input_scale, parameters)
+
+    @staticmethod
+    def _forward(ctx, encoded: Tensor, beta: float, skip_layers: Tuple[int, ...], input_scale: float, parameters: Tuple[Tensor, ...]):
         layers = layers_of(parameters, encoded.shape[1], skip_layers)
         num_hidden = len(layers) - 1  # `layers[num_hidden]` is the output layer
         inputs: List[Tensor] = []  # x_l (the hidden part of a skip layer's input)
@@ -151,6 +164,13 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, level_grad: Optional[Tensor], features_grad: Optional[Tensor], grad_encoded_grad: Optional[Tensor]):
+        encoded = ctx.saved_tensors[0]
+        with full_precision(encoded.device.type):
+            output_grads = (None if grad is None else at_least_float32(grad) for grad in (level_grad, features_grad, grad_encoded_grad))
+            return SoftplusMLPWithGradient._backward(ctx, *output_grads)
+
+    @staticmethod
+    def _backward(ctx, level_grad: Optional[Tensor], features_grad: Optional[Tensor], grad_encoded_grad: Optional[Tensor]):
         encoded, *parameters = ctx.saved_tensors
         inputs, slopes, slope_times_grads = ctx.inputs, ctx.slopes, ctx.slope_times_grads
         del ctx.inputs, ctx.slopes, ctx.slope_times_grads

@@ -14,11 +14,13 @@ UNISURF), evaluate it without its gradient, and work on rays `o + t d` with per-
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+from neurecon_ns.utils.accelerator import reads_on_host_are_free
 
 LevelFunction = Callable[[Float[Tensor, "*bs 3"]], Float[Tensor, "*bs"]]
 
@@ -65,7 +67,7 @@ def secant_refine(
     replaced_outside_before = torch.zeros_like(t_root, dtype=torch.bool)
     replaced_inside_before = torch.zeros_like(t_root, dtype=torch.bool)
     for _ in range(num_steps):
-        value_root = level_fn(origins + t_root * directions)[..., None]
+        value_root = level_fn(origins + t_root * directions)[..., None].to(t_root.dtype)
         outside = value_root > 0
         value_inside = torch.where(outside & replaced_outside_before, value_inside / 2, value_inside)
         value_outside = torch.where(~outside & replaced_inside_before, value_outside / 2, value_outside)
@@ -88,6 +90,7 @@ def find_first_root(
     num_steps: int,
     num_secant_steps: int,
     block_size: int = 32,
+    compact: Optional[bool] = None,
 ) -> Tuple[Float[Tensor, "num_rays 1"], Bool[Tensor, "num_rays 1"]]:
     """UNISURF's surface search: the first `t` in `[t_near, t_far]` where `f` goes from positive to non-positive.
 
@@ -96,37 +99,27 @@ def find_first_root(
     surface thinner than a step along the ray can be missed. Returns `t_root` (`t_far` where
     nothing was found) and `hit`.
 
-    The steps are evaluated `block_size` at a time from the near end, and a ray whose crossing has been
-    found is not evaluated further; the result is that of evaluating all steps at once
-    (`block_size >= num_steps`), at a fraction of the cost for rays that hit early.
+    On a CPU (`reads_on_host_are_free`) the steps are evaluated `block_size` at a time from the near end, and
+    a ray whose crossing has been found is not evaluated further, nor is a ray without one refined. On a GPU
+    every ray is evaluated at every step, in one pass, and refined, and the rays without a crossing are
+    masked: no host read stalls the device. The result is the same (`compact` chooses; tests compare them).
     """
-    num_rays = origins.shape[0]
+    if compact is None:
+        compact = reads_on_host_are_free(origins.device)
     fractions = torch.linspace(0.0, 1.0, num_steps, device=origins.device, dtype=origins.dtype)
     t_steps = t_near + (t_far - t_near) * fractions  # [num_rays, num_steps]
-    values = torch.zeros_like(t_steps)
-    index = torch.zeros(num_rays, dtype=torch.long, device=origins.device)
-    hit = torch.zeros(num_rays, dtype=torch.bool, device=origins.device)
-    searching = torch.arange(num_rays, device=origins.device)
-    start = 0
-    while start < num_steps and searching.numel() > 0:
-        stop = min(start + block_size, num_steps)
-        t_block = t_steps[searching, start:stop]
-        points = origins[searching, None, :] + t_block[..., None] * directions[searching, None, :]
-        values[searching, start:stop] = level_fn(points)
-        # a crossing may straddle two blocks: look at the pairs from the last step of the previous one
-        first = max(start - 1, 0)
-        if stop - first >= 2:
-            block_index, found = first_entry(values[searching, first:stop])
-            index[searching[found]] = block_index[found] + first
-            hit[searching[found]] = True
-            searching = searching[~found]
-        start = stop
-
+    if compact:
+        index, hit, values = _first_entry_by_blocks(level_fn, origins, directions, t_steps, block_size)
+        rays = hit.nonzero()[:, 0]
+    else:
+        points = origins[:, None, :] + t_steps[..., None] * directions[:, None, :]
+        values = level_fn(points).to(t_steps.dtype)
+        index, hit = first_entry(values)
+        rays = torch.arange(origins.shape[0], device=origins.device)
     t_root = t_far.clone()
-    rays = hit.nonzero()[:, 0]
     if rays.numel() > 0:
         below, above = index[rays, None], index[rays, None] + 1
-        t_root[rays] = secant_refine(
+        refined = secant_refine(
             level_fn,
             origins[rays],
             directions[rays],
@@ -136,7 +129,39 @@ def find_first_root(
             values[rays].gather(-1, above),
             num_secant_steps,
         )
+        t_root[rays] = refined if compact else torch.where(hit[:, None], refined, t_far)
     return t_root, hit[:, None]
+
+
+def _first_entry_by_blocks(
+    level_fn: LevelFunction,
+    origins: Float[Tensor, "num_rays 3"],
+    directions: Float[Tensor, "num_rays 3"],
+    t_steps: Float[Tensor, "num_rays num_steps"],
+    block_size: int,
+) -> Tuple[Int[Tensor, " num_rays"], Bool[Tensor, " num_rays"], Float[Tensor, "num_rays num_steps"]]:
+    """`first_entry` of the level values at `t_steps`, evaluated `block_size` steps at a time from the near end
+    on the rays still without a crossing (values of steps never evaluated stay 0)."""
+    num_rays, num_steps = t_steps.shape
+    values = torch.zeros_like(t_steps)
+    index = torch.zeros(num_rays, dtype=torch.long, device=origins.device)
+    hit = torch.zeros(num_rays, dtype=torch.bool, device=origins.device)
+    searching = torch.arange(num_rays, device=origins.device)
+    start = 0
+    while start < num_steps and searching.numel() > 0:
+        stop = min(start + block_size, num_steps)
+        t_block = t_steps[searching, start:stop]
+        points = origins[searching, None, :] + t_block[..., None] * directions[searching, None, :]
+        values[searching, start:stop] = level_fn(points).to(values.dtype)
+        # a crossing may straddle two blocks: look at the pairs from the last step of the previous one
+        first = max(start - 1, 0)
+        if stop - first >= 2:
+            block_index, found = first_entry(values[searching, first:stop])
+            index[searching[found]] = block_index[found] + first
+            hit[searching[found]] = True
+            searching = searching[~found]
+        start = stop
+    return index, hit, values
 
 
 @torch.no_grad()
@@ -148,6 +173,7 @@ def sphere_trace(
     t_far: Float[Tensor, "num_rays 1"],
     num_steps: int,
     tolerance: float,
+    compact: Optional[bool] = None,
 ) -> Tuple[Float[Tensor, "num_rays 1"], Bool[Tensor, "num_rays 1"]]:
     """Sphere tracing from `t_near`: `t_{k+1} = t_k + f(o + t_k d)` until `|f| < tolerance`.
 
@@ -156,18 +182,24 @@ def sphere_trace(
     inside `[t_near, t_far]` are evaluated. Returns `t` and `converged`; a ray that is neither
     converged nor past `t_far` after `num_steps` (grazing rays, rays starting inside, a field that is
     not a distance) is left for the caller to resolve, e.g. with `find_first_root`.
+
+    On a CPU (`compact`) each step evaluates only the active rays and the loop stops when none is left; on a
+    GPU every ray is evaluated at every step and the finished ones are held in place, with no host read.
     """
+    if compact is None:
+        compact = reads_on_host_are_free(origins.device)
     t = t_near.clone()
     converged = torch.zeros_like(t, dtype=torch.bool)
     active = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
     for _ in range(num_steps):
-        rays = active.nonzero()[:, 0]
-        if rays.numel() == 0:
+        rays = active.nonzero()[:, 0] if compact else slice(None)
+        if compact and rays.numel() == 0:
             break
-        value = level_fn(origins[rays] + t[rays] * directions[rays])[..., None]
+        value = level_fn(origins[rays] + t[rays] * directions[rays])[..., None].to(t.dtype)
         done = value.abs() < tolerance
-        converged[rays] = done
-        t[rays] = torch.where(done, t[rays], t[rays] + value)
+        still_active = active[rays, None]
+        converged[rays] = torch.where(still_active, done, converged[rays])
+        t[rays] = torch.where(done | ~still_active, t[rays], t[rays] + value)
         left_bounds = (t[rays] > t_far[rays]) | (t[rays] < t_near[rays])
-        active[rays] = ~(done | left_bounds)[:, 0]
+        active[rays] = still_active[:, 0] & ~(done | left_bounds)[:, 0]
     return t, converged

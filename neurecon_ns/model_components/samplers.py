@@ -24,6 +24,7 @@ from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
 from neurecon_ns.model_components.root_finding import find_first_root
+from neurecon_ns.utils.accelerator import reads_on_host_are_free
 from neurecon_ns.model_components.sdf_to_density import (
     MAX_ERROR_EXPONENT,
     distance_lower_bound,
@@ -437,7 +438,11 @@ def error_bounded_sampling(
         beta_plus = torch.where((bound_fn(beta_plus) <= config.eps)[:, None], beta_plus, volsdf_beta_plus_init(deltas, config.eps))
         beta_plus = bisect_beta_plus(bound_fn, beta, beta_plus, config.eps, config.num_bisection_steps)
         beta_plus = torch.where(converged[:, None], beta, beta_plus)
-        if bool(converged.all()) or iteration == config.max_iterations:
+        if iteration == config.max_iterations:
+            break
+        # stopping once every ray has converged needs a host read: free on a CPU, a stall on a GPU, which
+        # runs the remaining rounds instead (they only add samples where the bound already holds)
+        if reads_on_host_are_free(t.device) and bool(converged.all()):
             break
         share = volsdf_error_share(sdf, deltas, d_star, beta_plus)
         share = share / share.sum(dim=-1, keepdim=True).clamp(min=1e-12)

@@ -101,26 +101,33 @@ class UnisurfModel(SurfaceModel):
     ) -> Dict[str, Tensor]:
         if not self.training or self.config.normal_smoothness_loss_weight <= 0:
             return {}
-        return {"normal_difference": self.surface_normal_difference(ray_bundle, ray_samples)}
+        difference, hit = self.surface_normal_difference(ray_bundle, ray_samples)
+        return {"normal_difference": difference, "surface_hit": hit}
 
-    def surface_normal_difference(self, ray_bundle: RayBundle, ray_samples: RaySamples) -> Float[Tensor, " num_hits"]:
-        """Eq. 11 at the surface points `x_s` that the sampler found on the rays that hit."""
+    def surface_normal_difference(
+        self, ray_bundle: RayBundle, ray_samples: RaySamples
+    ) -> Tuple[Float[Tensor, " num_rays"], Float[Tensor, " num_rays"]]:
+        """Eq. 11 at the surface points `x_s` that the sampler found, and 1 on the rays that hit, 0 elsewhere.
+
+        Every ray's point is evaluated (the far bound's where it missed) and the misses are weighted out of the
+        mean: a boolean selection of the hits would make the host wait for the device on a GPU."""
         assert ray_samples.metadata is not None
-        hit = ray_samples.metadata["surface_hit"][:, 0, 0] > 0
+        hit = ray_samples.metadata["surface_hit"][:, 0, 0]
         surface_t = ray_samples.metadata["surface_t"][:, 0]
-        surface_points = (ray_bundle.origins + ray_bundle.directions * surface_t)[hit]
+        surface_points = ray_bundle.origins + ray_bundle.directions * surface_t
         eps = (torch.rand_like(surface_points) - 0.5) * self.config.normal_perturbation
         _, _, gradient = self.field.get_level_value_and_gradient(torch.cat([surface_points, surface_points + eps]))
         normals = F.normalize(gradient, dim=-1)
-        num_hits = surface_points.shape[0]
-        return normal_difference(normals[:num_hits], normals[num_hits:])
+        num_rays = surface_points.shape[0]
+        return normal_difference(normals[:num_rays], normals[num_rays:]), hit
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         difference = outputs.get("normal_difference")
         if self.training and difference is not None:
-            # a batch in which no ray hits has no surface point to regularise
-            mean_difference = difference.mean() if difference.numel() > 0 else difference.sum()
+            # the mean over the rays that hit (0 in a batch without a hit: no surface point to regularise)
+            hit = outputs["surface_hit"]
+            mean_difference = (difference * hit).sum() / hit.sum().clamp(min=1.0)
             weight = self.config.normal_smoothness_loss_weight / NUM_COLOR_CHANNELS
             loss_dict["normal_smoothness_loss"] = weight * mean_difference
         return loss_dict
@@ -128,8 +135,6 @@ class UnisurfModel(SurfaceModel):
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         metrics_dict = super().get_metrics_dict(outputs, batch)
         metrics_dict["interval"] = torch.tensor(self.interval)
-        if self.training and "normal_difference" in outputs:
-            metrics_dict["surface_hit_fraction"] = torch.tensor(
-                outputs["normal_difference"].numel() / max(outputs["rgb"].shape[0], 1)
-            )
+        if self.training and "surface_hit" in outputs:
+            metrics_dict["surface_hit_fraction"] = outputs["surface_hit"].mean().detach()
         return metrics_dict
