@@ -39,10 +39,22 @@ from neurecon_ns.model_components.background import (
 from neurecon_ns.model_components.colliders import UnitSphereCollider
 from neurecon_ns.model_components.occupancy_grid import SurfaceOccupancyGrid
 from neurecon_ns.model_components.root_finding import find_first_root, sphere_trace
+from neurecon_ns.utils.accelerator import at_least_float32, full_precision
 from neurecon_ns.utils.host_memory import keep_freed_host_memory
 
 RENDER_MODES = ("volume", "surface")
 """What `render_mode` may be."""
+
+
+def mask_cross_entropy(accumulation: Float[Tensor, "*bs 1"], fg_mask: Float[Tensor, "*bs 1"]) -> Float[Tensor, ""]:
+    """Binary cross-entropy between a ray's opacity (clamped to [1e-3, 1 - 1e-3]) and its mask, in float32.
+
+    The opacity is a probability, not a logit, so the logits form does not apply; CUDA's autocast refuses
+    `binary_cross_entropy` (half precision loses `log(1 - p)` near p = 1), hence autocast off around it.
+    """
+    with full_precision(accumulation.device.type):
+        opacity = at_least_float32(accumulation).clamp(1e-3, 1.0 - 1e-3)
+        return F.binary_cross_entropy(opacity, fg_mask.to(opacity.dtype))
 
 
 @dataclass
@@ -340,8 +352,7 @@ class SurfaceModel(Model):
         if fg_mask is not None and self.config.mask_loss_weight > 0:
             # with a mask loss, colour is only supervised on the object (NeuS's masked setting)
             loss_dict["rgb_loss"] = ((outputs["rgb"] - gt_rgb).abs() * fg_mask).sum() / (fg_mask.sum() * 3 + 1e-5)
-            opacity = outputs["accumulation"].clamp(1e-3, 1.0 - 1e-3)
-            loss_dict["mask_loss"] = self.config.mask_loss_weight * F.binary_cross_entropy(opacity, fg_mask)
+            loss_dict["mask_loss"] = self.config.mask_loss_weight * mask_cross_entropy(outputs["accumulation"], fg_mask)
         else:
             loss_dict["rgb_loss"] = (outputs["rgb"] - gt_rgb).abs().mean()
         if self.training and self.config.eikonal_loss_weight > 0:
