@@ -210,3 +210,35 @@ def test_non_finite_matrix(scene_copy):
 def test_unreadable_cameras_file(scene_copy):
     (scene_copy / "cameras_sphere.npz").write_text("not a zip")
     expect_error(scene_copy, "not a readable .npz")
+
+
+def truncate(path: Path) -> None:
+    """Keep the file's header (PIL still opens it and reports its size) and cut its pixel data short."""
+    data = path.read_bytes()
+    path.write_bytes(data[: max(len(data) // 2, 60)])
+
+
+def test_truncated_image_is_named_when_parsed(scene_copy):
+    truncate(scene_copy / "image" / "000003.png")
+    with Image.open(scene_copy / "image" / "000003.png") as image:
+        assert image.size == (48, 40)  # the header alone gives no sign of the damage
+    expect_error(scene_copy, r"000003\.png: the image data cannot be decoded")
+
+
+def test_truncated_mask_is_named_when_parsed(scene_copy):
+    truncate(scene_copy / "mask" / "005.png")
+    expect_error(scene_copy, r"005\.png: the image data cannot be decoded")
+    assert "fg_mask_filenames" not in parse(scene_copy, masks="off").metadata  # the fix the message names works
+
+
+def test_truncated_image_of_another_parser_is_named_by_the_data_manager(scene_copy):
+    """nerfstudio-data reads image sizes from transforms.json and never decodes an image itself."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    from neurecon_ns.data.datamanager import SurfaceDataManagerConfig
+
+    truncate(scene_copy / "image" / "000006.png")
+    config = SurfaceDataManagerConfig(dataparser=NerfstudioDataParserConfig(), data=scene_copy)
+    with pytest.raises(UserInputError, match=r"000006\.png: the image data cannot be decoded") as info:
+        config.setup(device="cpu")
+    assert "\n" not in str(info.value)

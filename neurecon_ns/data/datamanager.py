@@ -34,6 +34,7 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 
+from neurecon_ns.data.neus_dataparser import check_decodes
 from neurecon_ns.data.normalize import SphereRegion, check_cameras_outside, find_region, scale_region, to_unit_sphere
 from neurecon_ns.errors import UserInputError
 
@@ -117,10 +118,12 @@ class SurfaceDataManager(VanillaDataManager[SurfaceDataset]):
             where,
             self._inside_fix(),
         )
+        check_split_decodes(self.train_dataparser_outputs)
         return SurfaceDataset(self.train_dataparser_outputs, scale_factor=self.config.camera_res_scale_factor)
 
     def create_eval_dataset(self) -> SurfaceDataset:
         outputs = self.prepare(self.dataparser.get_dataparser_outputs(split=self.test_split))
+        check_split_decodes(outputs)
         return SurfaceDataset(outputs, scale_factor=self.config.camera_res_scale_factor)
 
     def prepare(self, outputs: DataparserOutputs) -> DataparserOutputs:
@@ -137,6 +140,16 @@ class SurfaceDataManager(VanillaDataManager[SurfaceDataset]):
         if self.region.source == "data":
             return "the data's unit sphere (its scale_mat) is too large; fix the cameras file or use --pipeline.datamanager.roi cameras."
         return "shrink the region with --pipeline.datamanager.roi-scale below 1 or give the object's bounding box with --pipeline.datamanager.roi box --pipeline.datamanager.roi-box XMIN YMIN ZMIN XMAX YMAX ZMAX."
+
+
+def check_split_decodes(outputs: DataparserOutputs) -> None:
+    """Every image and foreground mask of a split decodes (each file once per process, see `check_decodes`):
+    nerfstudio's parsers read sizes from their camera files, so a damaged image would otherwise surface as a
+    bare `OSError` inside nerfstudio's image cache."""
+    check_decodes(outputs.image_filenames, "re-export the image, or remove it and its frame from the capture")
+    masks = outputs.metadata.get("fg_mask_filenames")
+    if masks is not None:
+        check_decodes(masks, "re-export the mask, or remove it and its frame from the capture")
 
 
 def _raised_in_nerfstudio_dataparser(error: BaseException) -> bool:

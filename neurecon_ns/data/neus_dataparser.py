@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Sequence, Set, Tuple, Type
 
 import numpy as np
 import torch
@@ -87,6 +87,34 @@ def unit_to_data_as_nerfstudio_transform(scale_mat: Float[np.ndarray, "4 4"]) ->
 
 def list_images(directory: Path) -> List[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+# files already decoded whole in this process, by (path, size in bytes, modification time): a data
+# manager parses its train and eval splits, which share most of their files, and each is decoded once
+_DECODED: Set[Tuple[str, int, int]] = set()
+
+
+def check_decodes(paths: Sequence[Path], fix: str = "replace the file or remove it") -> None:
+    """Decode every image in `paths` once, one at a time (memory bounded by the largest image), so that a
+    truncated or corrupt file stops here with its name instead of deep inside nerfstudio's image cache.
+
+    PIL reads a header without the pixel data, so a file whose header is intact but whose data is cut
+    short only fails when its pixels are decoded (`OSError: image file is truncated`)."""
+    for path in paths:
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise UserInputError(f"{path}: cannot be read ({error.strerror}); {fix}.") from None
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key in _DECODED:
+            continue
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise UserInputError(f"{path}: the image data cannot be decoded ({error}); {fix}.") from None
+        _DECODED.add(key)
 
 
 def common_image_size(image_paths: List[Path]) -> Tuple[int, int]:
@@ -158,6 +186,9 @@ class NeusDataParser(DataParser):
             raise UserInputError(f"{image_dir}: no .png or .jpg images in this directory; copy the views there.")
         width, height = common_image_size(image_paths)
         mask_paths = self._mask_paths(root, image_paths, (width, height))
+        check_decodes(image_paths, "re-export the view or remove it (and its mask)")
+        if mask_paths is not None:
+            check_decodes(mask_paths, "re-export the mask, or pass --pipeline.datamanager.dataparser.masks off")
         intrinsics, c2w_opencv, scale_mat = self._read_cameras(root / self.config.cameras_file, len(image_paths))
 
         indices = split_indices(len(image_paths), split, self.config.eval_mode, self.config.eval_interval)
@@ -200,11 +231,15 @@ class NeusDataParser(DataParser):
                 "give one mask per view (sorted names must pair up) or pass --pipeline.datamanager.dataparser.masks off."
             )
         for path in mask_paths:
-            with Image.open(path) as mask:
-                if mask.size != image_size:
-                    raise UserInputError(
-                        f"{path}: mask is {mask.size[0]}x{mask.size[1]} but the images are {image_size[0]}x{image_size[1]}; resize the mask to its image."
-                    )
+            try:
+                with Image.open(path) as mask:
+                    mask_size = mask.size
+            except OSError as error:
+                raise UserInputError(f"{path}: not a readable image ({error}); re-export the mask or pass --pipeline.datamanager.dataparser.masks off.") from None
+            if mask_size != image_size:
+                raise UserInputError(
+                    f"{path}: mask is {mask_size[0]}x{mask_size[1]} but the images are {image_size[0]}x{image_size[1]}; resize the mask to its image."
+                )
         return mask_paths
 
     @staticmethod
