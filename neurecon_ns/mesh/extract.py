@@ -183,7 +183,8 @@ def _check_crossing(values: np.ndarray, level: float, where: str) -> None:
         )
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
+    """A rich progress bar on stderr that disappears when done (nothing shows when `enabled` is false)."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -344,7 +345,7 @@ def extract_level_set_dense(
     started = time.perf_counter()
     bbox_min_np, spacing = _box(bbox_min, bbox_max, resolution)
     field = _CountingField(level_fn, device, chunk_size)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"dense grid {resolution}^3", total=1)
         values = _dense_values(field, bbox_min_np, spacing, 1, resolution)
         bar.update(task, completed=1)
@@ -645,7 +646,7 @@ def extract_level_set(
     field = _CountingField(level_fn, device, chunk_size)
     levels = coarse_levels(resolution, coarse_factor, coarsest_cells)
 
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         refinement = _Refinement(field, bbox_min_np, spacing, level, dilation, sdf_lipschitz, bar)
         coarse_values = _level_values(refinement, levels, 0)
         num_coarse_queries = field.num_queries

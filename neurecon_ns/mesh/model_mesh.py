@@ -14,8 +14,9 @@ from jaxtyping import Float, UInt8
 from PIL import Image
 
 from neurecon_ns.errors import UserInputError
-from neurecon_ns.mesh.extract import extract_level_set, extract_level_set_dense, transform_mesh
+from neurecon_ns.mesh.extract import extract_level_set, extract_level_set_dense, progress_bar, transform_mesh
 from neurecon_ns.mesh.postprocess import cull_by_cameras
+from neurecon_ns.mesh.texture import fill_gutters, rasterize_atlas, texel_points, textured_mesh, unwrap
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 """Right-multiplying a camera-to-world matrix by this flips its y and z axes (OpenGL <-> OpenCV)."""
@@ -85,28 +86,64 @@ def extract_model_surface(
     return mesh
 
 
-def vertex_colors(
-    model, vertices_unit: Float[np.ndarray, "num_vertices 3"], chunk_size: int = 2**15
-) -> UInt8[np.ndarray, "num_vertices 4"]:
-    """RGBA colours from the radiance network, each vertex seen head-on: the view direction is the opposite of
-    the outward surface normal (the convention of IDR and neurecon)."""
+def head_on_colors(
+    model, points_unit: Float[np.ndarray, "num_points 3"], chunk_size: int = 2**15, on_chunk=None
+) -> Float[np.ndarray, "num_points 3"]:
+    """RGB in [0, 1] from the radiance network at surface points, each seen head-on: the view direction is the
+    opposite of the outward surface normal (the convention of IDR and neurecon). `on_chunk(n)` is called after
+    each chunk of `n` points (a progress bar)."""
     device = model_device(model)
-    colors = np.empty((len(vertices_unit), 4), dtype=np.uint8)
-    colors[:, 3] = 255
+    colors = np.empty((len(points_unit), 3), dtype=np.float32)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(vertices_unit), chunk_size):
-            points = torch.as_tensor(vertices_unit[start : start + chunk_size], dtype=torch.float32, device=device)
+        for start in range(0, len(points_unit), chunk_size):
+            points = torch.as_tensor(points_unit[start : start + chunk_size], dtype=torch.float32, device=device)
             _, features, gradient = model.field.get_level_value_and_gradient(points)
             view_directions = -model.surface_normals(gradient)
             with torch.no_grad():
                 rgb = model.field.get_colors(points, view_directions, gradient, features)
-            rgb_uint8 = (rgb.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
-            colors[start : start + len(points), :3] = rgb_uint8
+            colors[start : start + len(points)] = rgb.detach().clamp(0.0, 1.0).float().cpu().numpy()
+            if on_chunk is not None:
+                on_chunk(len(points))
     finally:
         model.train(was_training)
     return colors
+
+
+def vertex_colors(
+    model, vertices_unit: Float[np.ndarray, "num_vertices 3"], chunk_size: int = 2**15
+) -> UInt8[np.ndarray, "num_vertices 4"]:
+    """RGBA colours of the vertices from the radiance network, seen head-on (`head_on_colors`)."""
+    colors = np.full((len(vertices_unit), 4), 255, dtype=np.uint8)
+    colors[:, :3] = np.round(head_on_colors(model, vertices_unit, chunk_size) * 255.0).astype(np.uint8)
+    return colors
+
+
+def bake_texture(
+    model,
+    mesh_unit: trimesh.Trimesh,
+    texture_size: int = 2048,
+    chunk_size: int = 2**15,
+    progress: bool = False,
+    padding_px: Optional[int] = None,
+) -> trimesh.Trimesh:
+    """The mesh (training space) unwrapped into a UV atlas, with the radiance network's head-on colour of the
+    surface point under each texel baked into a `texture_size`^2 texture whose gutters are filled.
+
+    Memory: the atlas' rasterisation (about 40 bytes per texel) and one chunk of network queries at a time.
+    """
+    atlas = unwrap(mesh_unit, texture_size, padding_px)
+    fragments = rasterize_atlas(atlas)
+    points = texel_points(np.asarray(mesh_unit.vertices), atlas, fragments)
+    covered = fragments.covered.numpy()
+    del fragments
+    texture = np.zeros((texture_size, texture_size, 3), dtype=np.uint8)
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"baking {texture_size}x{texture_size} texture", total=len(points))
+        colors = head_on_colors(model, points, chunk_size, on_chunk=lambda n: bar.advance(task, n))
+    texture[covered] = np.round(colors * 255.0).astype(np.uint8)
+    return textured_mesh(mesh_unit, atlas, fill_gutters(texture, covered))
 
 
 @dataclass

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Tuple
+from typing import List, Literal, Optional, Tuple
 
 import numpy as np
+import trimesh
 from rich.console import Console
 
 from neurecon_ns.errors import UserInputError
+from neurecon_ns.mesh.cleanup import StepReport, fill_holes, remove_small_components, simplify
 from neurecon_ns.mesh.extract import extraction_stats, keep_largest_component, transform_mesh
-from neurecon_ns.mesh.model_mesh import cull_to_training_views, extract_model_surface, training_views, vertex_colors
+from neurecon_ns.mesh.model_mesh import (
+    bake_texture,
+    cull_to_training_views,
+    extract_model_surface,
+    training_views,
+    vertex_colors,
+)
 from neurecon_ns.mesh.postprocess import check_mesh_path, export_mesh
+from neurecon_ns.mesh.texture import check_textured_path, export_textured_mesh
 
 
 @dataclass
@@ -41,6 +50,16 @@ class Mesh:
     """Grow the masks by this many pixels before --cull-unseen tests against them."""
     keep_largest_component: bool = False
     """Keep only the connected component with the most faces."""
+    min_component_fraction: float = 0.0
+    """Remove connected components with fewer faces than this fraction of the largest one (floaters); 0 keeps all."""
+    fill_holes: int = 0
+    """Close holes whose border has at most this many edges (a fan around the hole's centroid); 0 fills none."""
+    target_faces: Optional[int] = None
+    """Simplify to about this many faces by quadric decimation (after the cleanup, before colours and texture)."""
+    texture: bool = False
+    """Unwrap the mesh into a UV atlas and bake the radiance field's colour into a texture: writes <stem>.obj, .mtl, .png and .glb."""
+    texture_size: int = 2048
+    """Side of the square texture, in texels."""
     level: float = 0.0
     """Level of the level-set function to extract (0 is the surface)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -59,6 +78,7 @@ class Mesh:
     def main(self) -> None:
         console = Console()
         check_mesh_path(self.output_path)
+        self.check_cleanup_options()
         if self.resolution < 2:
             raise UserInputError(f"--resolution {self.resolution}: give at least 2 samples per axis.")
         if (self.bbox_min is None) != (self.bbox_max is None):
@@ -94,17 +114,49 @@ class Mesh:
                 f"{self.load_config}: nothing of the surface is left after culling; run without --cull-unseen "
                 "or grow the masks with --mask-dilation-px."
             )
-        if self.vertex_colors:
+        mesh, reports = self.clean_up(mesh)
+        for report in reports:
+            console.print(f"  {report.line()}")
+        if self.texture:
+            mesh = bake_texture(model, mesh, self.texture_size, self.chunk_size // 2, self.progress)
+        elif self.vertex_colors:
             mesh.visual.vertex_colors = vertex_colors(model, np.asarray(mesh.vertices), self.chunk_size // 2)
         if self.space == "data":
             mesh = transform_mesh(mesh, run.unit_to_data)
-        path = export_mesh(mesh, self.output_path)
+        paths = export_textured_mesh(mesh, self.output_path) if self.texture else [export_mesh(mesh, self.output_path)]
 
         console.print(
-            f"{path}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+            f"{', '.join(str(path) for path in paths)}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
             f"{'data units' if self.space == 'data' else 'training space'}"
         )
         console.print(
             f"  {stats.num_queries:,} field queries ({stats.num_dense_queries / max(stats.num_queries, 1):.1f}x fewer "
             f"than dense {self.resolution}^3) in {stats.seconds:.1f} s on {run.config.machine.device_type}"
         )
+
+    def check_cleanup_options(self) -> None:
+        """The simplification, cleanup and texture options, checked before the run is loaded."""
+        if self.texture:
+            check_textured_path(self.output_path)
+            if self.texture_size < 64:
+                raise UserInputError(f"--texture-size {self.texture_size}: give at least 64 texels per side.")
+        if self.target_faces is not None and self.target_faces < 4:
+            raise UserInputError(f"--target-faces {self.target_faces}: give at least 4 faces.")
+        if not 0.0 <= self.min_component_fraction <= 1.0:
+            raise UserInputError(f"--min-component-fraction {self.min_component_fraction:g}: give a fraction between 0 and 1.")
+        if self.fill_holes < 0:
+            raise UserInputError(f"--fill-holes {self.fill_holes}: give the largest hole to close, in edges (0 for none).")
+
+    def clean_up(self, mesh: trimesh.Trimesh) -> Tuple[trimesh.Trimesh, List[StepReport]]:
+        """Small components removed, small holes closed, then the mesh simplified, as the options ask."""
+        reports = []
+        if self.min_component_fraction > 0:
+            mesh, report = remove_small_components(mesh, self.min_component_fraction)
+            reports.append(report)
+        if self.fill_holes > 0:
+            mesh, report = fill_holes(mesh, self.fill_holes)
+            reports.append(report)
+        if self.target_faces is not None:
+            mesh, report = simplify(mesh, self.target_faces)
+            reports.append(report)
+        return mesh, reports

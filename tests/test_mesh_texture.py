@@ -1,0 +1,205 @@
+"""Textured meshes: the UV atlas, the bake of an analytic colour field, the filled gutters, the written files,
+and `neurecon mesh --texture` on a trained run."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from neurecon_ns.errors import UserInputError
+from neurecon_ns.mesh.extract import extract_level_set
+from neurecon_ns.mesh.model_mesh import bake_texture
+from neurecon_ns.mesh.texture import (
+    export_textured_mesh,
+    fill_gutters,
+    rasterize_atlas,
+    sample_texture,
+    texel_points,
+    unwrap,
+)
+from neurecon_ns.render.rasterize import PinholeCamera, interpolate_vertex_attribute, rasterize
+
+
+def torus_sdf(points: torch.Tensor) -> torch.Tensor:
+    """A torus of radii 0.5 and 0.2 about the z axis: a shape with charts of both curvature signs and a hole."""
+    ring = torch.sqrt(points[..., 0] ** 2 + points[..., 1] ** 2) - 0.5
+    return torch.sqrt(ring**2 + points[..., 2] ** 2) - 0.2
+
+
+@pytest.fixture(scope="module")
+def torus():
+    return extract_level_set(torus_sdf, [-0.8] * 3, [0.8] * 3, 40, progress=False)
+
+
+def color_field(points: torch.Tensor) -> torch.Tensor:
+    """A smooth colour that changes across the surface (so misplaced texels show)."""
+    return 0.5 + 0.4 * torch.sin(3.0 * points)
+
+
+class ColorFieldModel(torch.nn.Module):
+    """Stands in for a surface model in `bake_texture`: the torus SDF and a colour that depends on the position
+    alone (so the head-on direction has no effect on it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.field = SimpleNamespace(get_level_value_and_gradient=self._level_and_gradient, get_colors=self._colors)
+
+    def _level_and_gradient(self, points):
+        points = points.detach().requires_grad_(True)
+        with torch.enable_grad():
+            sdf = torus_sdf(points)
+            (gradient,) = torch.autograd.grad(sdf.sum(), points)
+        return sdf[:, None], torch.zeros(len(points), 1), gradient
+
+    def surface_normals(self, gradient):
+        return torch.nn.functional.normalize(gradient, dim=-1)
+
+    def _colors(self, points, view_directions, gradient, features):
+        return color_field(points)
+
+
+def texel_coverage_counts(uv: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:
+    """How many UV triangles hold each texel centre: the slow per-triangle reference (no depth test), so any
+    overlap between charts counts twice."""
+    counts = np.zeros((size, size), dtype=np.int64)
+    corners = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], axis=-1)[faces]  # [F, 3, 2]
+    for triangle in corners:
+        low = np.floor(triangle.min(axis=0)).astype(int)
+        high = np.ceil(triangle.max(axis=0)).astype(int)
+        columns, rows = np.meshgrid(np.arange(low[0], high[0]), np.arange(low[1], high[1]), indexing="xy")
+        centers = np.stack([columns.ravel() + 0.5, rows.ravel() + 0.5], axis=-1)
+        a, b, c = triangle
+        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        if abs(area) < 1e-12:
+            continue
+        edges = [(b, c), (c, a), (a, b)]
+        weights = np.stack(
+            [((e[0] - s[0]) * (centers[:, 1] - s[1]) - (e[1] - s[1]) * (centers[:, 0] - s[0])) / area for s, e in edges],
+            axis=-1,
+        )
+        inside = (weights > 1e-9).all(axis=-1)  # strictly inside: a shared edge is not an overlap
+        np.add.at(counts, (rows.ravel()[inside], columns.ravel()[inside]), 1)
+    return counts
+
+
+def test_atlas_uvs_lie_in_the_unit_square_without_overlapping_charts(torus):
+    atlas = unwrap(torus, texture_size=256)
+    assert atlas.uv.min() >= 0.0 and atlas.uv.max() <= 1.0
+    assert len(atlas.faces) == len(torus.faces)
+    # the atlas vertices are copies of the mesh's: the same triangles in 3D
+    np.testing.assert_array_equal(np.asarray(torus.vertices)[atlas.source_vertex[atlas.faces]], torus.triangles)
+    counts = texel_coverage_counts(atlas.uv, atlas.faces, 256)
+    assert counts.max() == 1, f"{(counts > 1).sum()} texels lie under two charts"
+    assert (counts == 1).mean() > 0.3, "the charts fill little of the atlas"
+    # the reference does see overlaps: every triangle drawn twice
+    doubled = texel_coverage_counts(atlas.uv, np.concatenate([atlas.faces[:50], atlas.faces[:50]]), 256)
+    assert doubled.max() == 2
+    # and the fast rasteriser covers the texels the reference covers
+    fragments = rasterize_atlas(atlas)
+    reference = counts > 0
+    assert (fragments.covered.numpy() & reference).sum() >= 0.99 * reference.sum()
+
+
+def test_baked_texture_holds_the_colour_field_on_the_surface(torus):
+    model = ColorFieldModel()
+    textured = bake_texture(model, torus, texture_size=256)
+    texture = torch.as_tensor(np.asarray(textured.visual.material.image.convert("RGB")), dtype=torch.float64) / 255.0
+    uv = torch.as_tensor(textured.visual.uv, dtype=torch.float64)
+    faces = torch.as_tensor(textured.faces)
+    # at the centroid of every face: the texture equals the colour field there, to about a texel's change
+    centroid_uv = uv[faces].mean(dim=1)
+    expected = color_field(torch.as_tensor(textured.triangles_center))
+    error = (sample_texture(texture, centroid_uv) - expected).abs()
+    assert error.mean() < 0.01 and error.max() < 0.06
+    # rendered by the rasteriser: the textured mesh shows the colour field at each pixel's surface point
+    camera = PinholeCamera(
+        camera_to_world=np.array([[1, 0, 0, 0], [0, 0, -1, -2.0], [0, 1, 0, 0.8], [0, 0, 0, 1]], dtype=np.float64),
+        fx=60.0, fy=60.0, cx=40.0, cy=30.0, width=80, height=60,
+    )
+    vertices = torch.as_tensor(textured.vertices, dtype=torch.float64)
+    fragments = rasterize(vertices, faces, camera)
+    pixel_uv = interpolate_vertex_attribute(uv, faces, fragments)[fragments.mask]
+    pixel_points = interpolate_vertex_attribute(vertices, faces, fragments)[fragments.mask]
+    assert len(pixel_points) > 500
+    pixel_error = (sample_texture(texture, pixel_uv) - color_field(pixel_points)).abs()
+    assert pixel_error.mean() < 0.01
+
+
+def mip_level(texture: np.ndarray, level: int) -> np.ndarray:
+    """The texture averaged over blocks of 2^level texels, as a mip map's level."""
+    block = 2**level
+    size = texture.shape[0] // block
+    return texture.reshape(size, block, size, block, 3).mean(axis=(1, 3))
+
+
+def test_filled_gutters_keep_chart_borders_clean_under_mip_mapping(torus):
+    """Charts 8 texels apart (the default padding at 2048): at mip level 2 a texel averages 4x4 texels, which
+    near a chart's border are its own and the gutter's half next to it."""
+    atlas = unwrap(torus, texture_size=256, padding_px=8)
+    fragments = rasterize_atlas(atlas)
+    covered = fragments.covered.numpy()
+    points = texel_points(np.asarray(torus.vertices), atlas, fragments)
+    texture = np.zeros((256, 256, 3), dtype=np.uint8)
+    texture[covered] = np.round(color_field(torch.as_tensor(points)).numpy() * 255).astype(np.uint8)
+    filled = fill_gutters(texture, covered)
+    assert np.array_equal(filled[covered], texture[covered]), "texels under the charts are kept"
+
+    # every vertex lies on a chart's border or inside it: look the colour up there at mip level 2
+    uv = torch.as_tensor(atlas.uv)
+    expected = color_field(torch.as_tensor(np.asarray(torus.vertices)[atlas.source_vertex]))
+    errors = {}
+    for name, image in (("black gutters", texture), ("filled gutters", filled)):
+        level_2 = torch.as_tensor(mip_level(image.astype(np.float64) / 255.0, 2))
+        errors[name] = (sample_texture(level_2, uv) - expected).abs().max(dim=-1).values
+    assert errors["filled gutters"].max() < 0.1
+    assert errors["black gutters"].max() > 0.3, "unfilled gutters darken the chart borders (the seam the fill removes)"
+
+
+def test_textured_obj_and_glb_load_back_with_their_texture(torus, tmp_path):
+    textured = bake_texture(ColorFieldModel(), torus, texture_size=128)
+    written = export_textured_mesh(textured, tmp_path / "out" / "torus.glb")
+    assert sorted(path.name for path in written) == ["torus.glb", "torus.mtl", "torus.obj", "torus.png"]
+    image = np.asarray(textured.visual.material.image.convert("RGB"))
+    for name in ("torus.obj", "torus.glb"):
+        loaded = trimesh.load(tmp_path / "out" / name, force="mesh", process=False)
+        assert loaded.visual.kind == "texture", name
+        assert len(loaded.faces) == len(textured.faces)
+        material = loaded.visual.material
+        loaded_image = material.image if hasattr(material, "image") else material.baseColorTexture
+        assert loaded_image.size == (128, 128)
+        assert np.array_equal(np.asarray(loaded_image.convert("RGB")), image), name
+        # the same texture coordinates at the same positions
+        order = np.lexsort(np.asarray(loaded.vertices).T)
+        reference = np.lexsort(np.asarray(textured.vertices).T)
+        np.testing.assert_allclose(np.asarray(loaded.vertices)[order], np.asarray(textured.vertices)[reference], atol=1e-5)
+        np.testing.assert_allclose(loaded.visual.uv[order], textured.visual.uv[reference], atol=1e-5)
+    # the MTL does not darken the texture (viewers multiply map_Kd by Kd)
+    assert "Kd 1.00000000 1.00000000 1.00000000" in (tmp_path / "out" / "torus.mtl").read_text()
+
+
+def test_mesh_command_texture_with_cleanup_on_a_trained_run(tiny_neus_run, tmp_path, capsys):
+    from neurecon_ns.scripts.mesh import Mesh
+
+    Mesh(
+        load_config=tiny_neus_run, output_path=tmp_path / "run.obj", resolution=48, texture=True, texture_size=128,
+        target_faces=1500, min_component_fraction=0.05, fill_holes=20, device="cpu", progress=False,
+    ).main()
+    output = capsys.readouterr().out
+    assert "simplify:" in output and "small components:" in output and "fill holes:" in output
+    for suffix in (".obj", ".mtl", ".png", ".glb"):
+        assert (tmp_path / f"run{suffix}").is_file(), suffix
+    loaded = trimesh.load(tmp_path / "run.glb", force="mesh", process=False)
+    assert loaded.visual.kind == "texture"
+    assert 1000 <= len(loaded.faces) <= 1500
+    texture = np.asarray(loaded.visual.material.baseColorTexture.convert("RGB"))
+    assert texture.std() > 0, "the bake gave one flat colour"
+
+    with pytest.raises(UserInputError, match=r"run\.ply: --texture writes OBJ \(\+ MTL \+ PNG\) and GLB, not '\.ply'; end the output path with \.obj or \.glb\."):
+        Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.ply", texture=True).main()
+    with pytest.raises(UserInputError, match="--target-faces 2: give at least 4 faces"):
+        Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.ply", target_faces=2).main()
+    with pytest.raises(UserInputError, match="--min-component-fraction 2: give a fraction between 0 and 1"):
+        Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.ply", min_component_fraction=2.0).main()
