@@ -1,9 +1,14 @@
 """neurecon-ns: neural implicit surface reconstruction (NeuS, VolSDF, UNISURF) for nerfstudio."""
 
-import numpy as np
-import torch
+from neurecon_ns.quiet import install_warning_filters
 
-from neurecon_ns.errors import install_excepthook
+# first, before numpy, torch or nerfstudio is imported from here: the filters must precede the warnings
+install_warning_filters()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from neurecon_ns.errors import install_excepthook  # noqa: E402
 
 install_excepthook()
 

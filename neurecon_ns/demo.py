@@ -68,6 +68,7 @@ def train_short(
     num_eval_points: int = 30_000,
     overrides: Optional[Dict[str, Any]] = None,
     dataparser: Any = None,
+    progress: bool = False,
     **small_config: Any,
 ) -> ShortRun:
     """Train `method` for `steps` on the scene in `scene_dir` (written by `write_scene`) and measure it.
@@ -75,6 +76,7 @@ def train_short(
     `small_config` goes to `small_cpu_config` (hidden_dim, num_layers, rays_per_batch, seed);
     `overrides` sets model config attributes by dotted name, e.g. `{"mask_loss_weight": 0.0}`, on top of
     `short_run_settings(method, steps)`.
+    `progress` shows a progress bar while it trains.
     `dataparser` replaces the method's data parser (its `data` is the capture: `scene_dir`, or
     `scene_dir/blender` for `blender-data`); the surface is measured in the scene's unit-sphere space
     whatever normalisation the run used.
@@ -86,7 +88,7 @@ def train_short(
     for name, value in {**short_run_settings(method, steps), **(overrides or {})}.items():
         set_model_setting(config, name, value)
     started = time.perf_counter()
-    trainer = train(config)
+    trainer = train(config, progress=progress)
     train_seconds = time.perf_counter() - started
     model = trainer.pipeline.model
     mesh_unit = extract_model_surface(model, resolution=mesh_resolution)

@@ -11,14 +11,16 @@ import ast
 import copy
 import dataclasses
 import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from nerfstudio.engine.callbacks import TrainingCallbackLocation
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig, ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 
 
 def method_config(method_name: str) -> TrainerConfig:
@@ -189,8 +191,46 @@ def run_iteration(trainer, step: int) -> None:
         callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
 
 
-def train(config: TrainerConfig, local_rank: int = 0, world_size: int = 1):
-    """Run nerfstudio's trainer in this process; returns the trainer (its pipeline holds the model)."""
+def train(config: TrainerConfig, local_rank: int = 0, world_size: int = 1, progress: bool = False):
+    """Run nerfstudio's trainer in this process; returns the trainer (its pipeline holds the model).
+    `progress` shows a progress bar with the step, the loss and the time left."""
     trainer = setup_trainer(config, local_rank, world_size)
-    trainer.train()
+    if progress:
+        with training_progress(trainer):
+            trainer.train()
+    else:
+        trainer.train()
     return trainer
+
+
+@contextmanager
+def training_progress(trainer) -> Iterator[None]:
+    """A progress bar under the trainer's console output while it trains: step, loss (the plugin's trainer
+    records the last step's), time spent and time left."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    first_step = trainer._start_step
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=CONSOLE) as bar:
+        task = bar.add_task("training", total=trainer.config.max_num_iterations, completed=first_step, loss="-")
+
+        def advance(step: int) -> None:
+            loss = getattr(trainer, "latest_loss", float("nan"))
+            bar.update(task, completed=step + 1, loss=f"{loss:.4f}")
+
+        callback = TrainingCallback(
+            where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION], update_every_num_iters=1, func=advance
+        )
+        trainer.callbacks.append(callback)
+        try:
+            yield
+        finally:
+            trainer.callbacks.remove(callback)

@@ -58,7 +58,7 @@ class Demo:
                         height=self.image_size, mesh_resolution=256, overwrite=self.overwrite)
         console.print(f"Training {self.method} for {self.steps} steps on the CPU ({torch.get_num_threads()} threads) ...")
         run = train_short(self.method, scene_dir, self.output_dir / "outputs", self.steps,
-                          mesh_resolution=self.mesh_resolution, seed=self.seed)
+                          mesh_resolution=self.mesh_resolution, seed=self.seed, progress=True)
         scale_mat = json.loads((scene_dir / "scene.json").read_text())["scale_mat"]
         mesh_path = export_mesh(transform_mesh(run.mesh_unit, scale_mat), self.output_dir / "mesh.ply")
 
