@@ -7,7 +7,6 @@ nerfstudio's own (`neus`, `neus-facto`) because a plugin silently replaces a bui
 
 from __future__ import annotations
 
-from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import (
@@ -61,7 +60,6 @@ def _trainer(
         mixed_precision=mixed_precision,  # nerfstudio turns it off on CPU
         pipeline=pipeline,
         optimizers=optimizers,
-        viewer=ViewerConfig(num_rays_per_chunk=1 << 11),
         vis="viewer",
     )
 

@@ -118,7 +118,24 @@ class MultiResolutionGrid(nn.Module):
     ) -> Tuple[Float[Tensor, "num_points num_features"], Optional[Float[Tensor, "num_points num_features 3"]]]:
         """The features and, when asked, their derivatives with respect to the unit-cube point: within a
         cell, the derivative of a trilinear weight along an axis is that axis' pair `(1 - f, f)` replaced by
-        `(-1, 1)`, times the level's resolution (cells per unit)."""
+        `(-1, 1)`, times the level's resolution (cells per unit).
+
+        Outside autograd (rendering, meshing, the samplers) the points are taken `query_chunk_size` at a time:
+        the corner rows and gathered corner features are several kilobytes per point, so an evaluation chunk
+        of millions of points would otherwise hold gigabytes at once. Training keeps them for the backward
+        pass anyway, in one piece."""
+        if torch.is_grad_enabled() or unit_points.shape[0] <= self.query_chunk_size:
+            return self._features_and_jacobian(unit_points, with_jacobian)
+        pieces = [self._features_and_jacobian(chunk, with_jacobian) for chunk in unit_points.split(self.query_chunk_size)]
+        features = torch.cat([piece[0] for piece in pieces])
+        return features, torch.cat([piece[1] for piece in pieces]) if with_jacobian else None
+
+    query_chunk_size: int = 1 << 16
+    """Points per piece of a query outside autograd."""
+
+    def _features_and_jacobian(
+        self, unit_points: Float[Tensor, "num_points 3"], with_jacobian: bool
+    ) -> Tuple[Float[Tensor, "num_points num_features"], Optional[Float[Tensor, "num_points num_features 3"]]]:
         scaled = unit_points[:, None, :] * self.resolutions[:, None]  # [N, L, 3]
         lowest = torch.floor(scaled).clamp(max=self.resolutions[:, None] - 1)
         fraction = scaled - lowest  # [N, L, 3], in [0, 1]
@@ -137,6 +154,12 @@ class MultiResolutionGrid(nn.Module):
         ) * self.resolutions[:, None, None]  # [N, L, 8, 3]
         jacobian = torch.einsum("nlcf,nlca->nlfa", corner_features, weight_slopes).flatten(1, 2)  # [N, L * F, 3]
         return features, jacobian
+
+
+GRID_PARAMETER_KEYS = {"tcnn": "grids.tcnn_encoding.params", "torch": "grids.table"}
+"""Where each backend keeps the grids' parameters in a `ProgressiveHashEncoding`'s state dict."""
+
+BACKEND_NAMES = {"tcnn": "tiny-cuda-nn", "torch": "the torch grid"}
 
 
 class ProgressiveHashEncoding(nn.Module):
@@ -166,6 +189,29 @@ class ProgressiveHashEncoding(nn.Module):
 
     def get_out_dim(self) -> int:
         return 3 + self.config.num_levels * self.config.features_per_level
+
+    @property
+    def backend(self) -> str:
+        """"tcnn" or "torch": which implementation holds the grids in this process."""
+        return "torch" if isinstance(self.grids, MultiResolutionGrid) else "tcnn"
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        """A checkpoint of the other backend is refused in one sentence: tiny-cuda-nn stores all levels in one
+        flat vector in its own order, the torch grid one table of rows, and nerfstudio's loader would retry
+        without `strict` and leave the grid untrained, giving a wrong mesh without an error."""
+        trained_with = next((backend for backend, key in GRID_PARAMETER_KEYS.items() if prefix + key in state_dict), None)
+        if trained_with is not None and trained_with != self.backend:
+            from neurecon_ns.errors import UserInputError
+
+            if trained_with == "tcnn":
+                fix = "install tiny-cuda-nn's PyTorch bindings (nerfstudio's installation guide) to load it"
+            else:
+                fix = "set `implementation: torch` under hash_grid in the run's config.yml to load it with the torch grid"
+            raise UserInputError(
+                f"the checkpoint's hash grid was trained with {BACKEND_NAMES[trained_with]} but this process builds "
+                f"{BACKEND_NAMES[self.backend]}, whose parameters are laid out differently: {fix}."
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def level_resolution(self, level: int) -> int:
         """`N_l = floor(N_min * b^l)` of level `l` (0-based)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Callable, Dict, List, Literal, Optional, Set, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -300,6 +300,12 @@ class RadianceNetwork(nn.Module):
         return torch.sigmoid(hidden)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """A device or host allocation that failed (CUDA's `OutOfMemoryError`, or the CPU allocator's message)."""
+    out_of_memory_type = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(error, out_of_memory_type) or "out of memory" in str(error) or "can't allocate memory" in str(error)
+
+
 @dataclass
 class SurfaceFieldConfig(InstantiateConfig):
     """Geometry network + radiance network."""
@@ -342,6 +348,7 @@ class SurfaceField(nn.Module):
         self.radiance_network = RadianceNetwork(config.radiance, feature_dim=config.geometry.feature_dim)
         self._compiled: Dict[str, Callable] = {}  # network passes given to torch.compile, by name
         self._compile_failed = False
+        self._backward_compiled: Set[str] = set()  # passes whose compiled backward has run once
 
     @staticmethod
     def _build_geometry(config: SurfaceFieldConfig) -> nn.Module:
@@ -434,8 +441,14 @@ class SurfaceField(nn.Module):
             if self._compile_failed:
                 return eager(*args)
             try:
-                return compiled(*args)
+                outputs = compiled(*args)
+                if name not in self._backward_compiled and torch.is_grad_enabled():
+                    self._compile_backward(outputs)
+                    self._backward_compiled.add(name)
+                return outputs
             except Exception as error:  # no C++ compiler, no Triton, an unsupported operator: run eagerly
+                if is_out_of_memory(error):
+                    raise  # not a compiler's failure: eager would need the memory too
                 self._compile_failed = True
                 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -446,6 +459,16 @@ class SurfaceField(nn.Module):
                 return eager(*args)
 
         return guarded
+
+    def _compile_backward(self, outputs) -> None:
+        """Run the compiled pass's backward once, here: Inductor compiles it lazily at the first `backward()`,
+        which would be outside the guard that falls back to eager. The parameters' `.grad` is left untouched."""
+        tensors = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        differentiable = [tensor for tensor in tensors if isinstance(tensor, Tensor) and tensor.requires_grad]
+        parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        if differentiable and parameters:
+            total = sum(tensor.float().sum() for tensor in differentiable)
+            torch.autograd.grad(total, parameters, retain_graph=True, allow_unused=True)
 
     def _level_value_and_numerical_gradient(
         self, points: Float[Tensor, "*bs 3"], keep_graph: bool
