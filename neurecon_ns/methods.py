@@ -14,12 +14,12 @@ from nerfstudio.engine.schedulers import (
     ExponentialDecaySchedulerConfig,
     MultiStepSchedulerConfig,
 )
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from neurecon_ns.data.datamanager import SurfaceDataManagerConfig
 from neurecon_ns.data.neus_dataparser import NeusDataParserConfig
+from neurecon_ns.engine.trainer import SurfaceTrainerConfig
 from neurecon_ns.fields.background import BackgroundFieldConfig
 from neurecon_ns.fields.hash_encoding import HashGridConfig
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, RadianceNetworkConfig, SurfaceFieldConfig
@@ -49,8 +49,8 @@ def neus_paper_optimizers() -> dict:
 
 def _trainer(
     method_name: str, max_steps: int, pipeline: VanillaPipelineConfig, optimizers: dict, mixed_precision: bool = False
-) -> TrainerConfig:
-    return TrainerConfig(
+) -> SurfaceTrainerConfig:
+    return SurfaceTrainerConfig(
         method_name=method_name,
         steps_per_eval_image=5000,
         steps_per_eval_batch=5000,
