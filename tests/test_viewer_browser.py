@@ -174,6 +174,7 @@ def test_mesh_preview_button_shows_the_surface_in_viewer_units():
     button = MeshPreviewButton(model, resolution=32)
     button.viser_server = SimpleNamespace(scene=RecordingScene())  # what install() records
     button.cb_hook(button)
+    button.join(timeout=60)
     vertices, faces = button.viser_server.scene.meshes[MESH_NODE]
     assert len(faces) > 100
     # the viewer draws the training space scaled by VISER_NERFSTUDIO_SCALE_RATIO
@@ -189,5 +190,51 @@ def test_mesh_preview_button_without_a_surface_keeps_going():
     model.level_set = lambda points: points.norm(dim=-1) + 1.0  # no zero crossing
     button = MeshPreviewButton(model, resolution=16)
     button.viser_server = SimpleNamespace(scene=RecordingScene())
-    assert button.cb_hook(button) is None
+    button.cb_hook(button)
+    button.join(timeout=60)
     assert not button.viser_server.scene.meshes
+    assert button.show_preview() is None
+
+
+def test_mesh_preview_click_returns_before_the_mesh_is_extracted():
+    """nerfstudio calls the button's hook holding the trainer's lock: the hook must not wait for marching cubes."""
+    import threading
+
+    from neurecon_ns.render.viewer_mesh import MESH_NODE, MeshPreviewButton
+
+    model = SphereModel()
+    release = threading.Event()
+    sphere_sdf = model.level_set
+    model.level_set = lambda points: release.wait(60) and sphere_sdf(points)
+    button = MeshPreviewButton(model, resolution=24)
+    button.viser_server = SimpleNamespace(scene=RecordingScene())
+    started = time.monotonic()
+    button.cb_hook(button)
+    assert time.monotonic() - started < 5.0 and not button.viser_server.scene.meshes
+    button.cb_hook(button)  # a second click while the first is running starts nothing new
+    release.set()
+    button.join(timeout=60)
+    assert MESH_NODE in button.viser_server.scene.meshes
+
+
+def registered_methods():
+    from importlib.metadata import entry_points
+
+    return sorted(entry.name for entry in entry_points(group="nerfstudio.method_configs") if entry.value.startswith("neurecon_ns."))
+
+
+@pytest.mark.parametrize("method", registered_methods())
+def test_every_registered_method_offers_the_mesh_preview_button(method):
+    """What nerfstudio's viewer installs as controls: every `ViewerElement` it finds on the pipeline's model."""
+    from nerfstudio.data.scene_box import SceneBox
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    from neurecon_ns.render.viewer_mesh import MeshPreviewButton
+    from neurecon_ns.training import method_config
+
+    config = method_config(method).pipeline.model
+    model = config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1)
+    buttons = [element for _, element in parse_object(model, ViewerElement, "Custom Elements") if isinstance(element, MeshPreviewButton)]
+    assert [button.name for button in buttons] == ["Preview mesh"]
+    assert buttons[0]._model() is model

@@ -1,13 +1,17 @@
 """A button in nerfstudio's viewer that extracts a coarse mesh of the surface and shows it in the 3D scene.
 
 nerfstudio's viewer turns every `ViewerElement` attribute of the model into a control. A model that holds a
-`MeshPreviewButton` gets a "Preview mesh" button; a click runs marching cubes at a low resolution and adds the
-mesh to the viewer's scene, in place, beside the training cameras (the viewer draws the training space scaled
-by `VISER_NERFSTUDIO_SCALE_RATIO`).
+`MeshPreviewButton` gets a "Preview mesh" button (every surface model of the plugin holds one); a click runs
+marching cubes at a low resolution and adds the mesh to the viewer's scene, in place, beside the training
+cameras (the viewer draws the training space scaled by `VISER_NERFSTUDIO_SCALE_RATIO`).
+
+nerfstudio runs a control's callback holding the trainer's lock, so training waits until it returns: the click
+only starts a thread that extracts and shows the mesh, and returns at once.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Optional
 
@@ -58,13 +62,26 @@ class MeshPreviewButton(ViewerButton):
         self._model = weakref.ref(model)
         self.resolution = resolution
         self.viser_server = None
+        self._worker: Optional[threading.Thread] = None
         super().__init__(name, cb_hook=self._on_click)
 
     def install(self, viser_server) -> None:
         self.viser_server = viser_server
         super().install(viser_server)
 
-    def _on_click(self, _: ViewerButton) -> Optional[trimesh.Trimesh]:
+    def _on_click(self, _: ViewerButton) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            return  # the previous click's mesh is still being extracted
+        self._worker = threading.Thread(target=self.show_preview, name="mesh-preview", daemon=True)
+        self._worker.start()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait until the last click's preview is shown (tests)."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def show_preview(self) -> Optional[trimesh.Trimesh]:
+        """Extract the surface now and show it; the mesh, or None when the model has no surface yet."""
         from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
 
         model = self._model()
