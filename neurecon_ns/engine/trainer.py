@@ -103,7 +103,7 @@ class SurfaceTrainer(Trainer):
             self.optimizers.zero_grad_all()
             self.skipped_steps.append(step)
             what = problem or "a non-finite loss or gradient in another process"
-            CONSOLE.print(f"[yellow]step {step}: {what}; the step is skipped (parameters and optimiser state unchanged).")
+            CONSOLE.print(f"[yellow]step {step}: {what}; the step is skipped (parameters and optimiser state unchanged).", soft_wrap=True)
         else:
             self.optimizers.optimizer_scaler_step_some(
                 self.grad_scaler, [group for group in groups if step % accumulation[group] == accumulation[group] - 1]
@@ -179,7 +179,8 @@ class SurfaceTrainer(Trainer):
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 CONSOLE.print(
                     f"[red]step {step}: {where} holds NaN or infinite values; no checkpoint is written "
-                    f"(the latest one in {self.checkpoint_dir} is kept)."
+                    f"(the latest one in {self.checkpoint_dir} is kept).",
+                    soft_wrap=True,
                 )
                 return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -214,6 +215,8 @@ class SurfaceTrainer(Trainer):
         try:
             self.pipeline.load_pipeline(state["pipeline"], state["step"])
             self.optimizers.load_optimizers(state["optimizers"])
+        except UserInputError:
+            raise
         except (KeyError, RuntimeError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserInputError(
