@@ -1,6 +1,7 @@
 """The web viewer in a real browser: `ns-train neus-dtu --vis viewer` serves the page, headless Chromium opens it,
 connects over the websocket and shows the model's render in the viewport. And the viewer's mesh preview button."""
 
+import json
 import os
 import shutil
 import signal
@@ -238,3 +239,129 @@ def test_every_registered_method_offers_the_mesh_preview_button(method):
     buttons = [element for _, element in parse_object(model, ViewerElement, "Custom Elements") if isinstance(element, MeshPreviewButton)]
     assert [button.name for button in buttons] == ["Preview mesh"]
     assert buttons[0]._model() is model
+
+
+class DevToolsPage:
+    """Headless Chromium driven over the DevTools protocol: open a page, run JavaScript, click, take screenshots."""
+
+    def __init__(self, url: str, profile: str) -> None:
+        from websockets.sync.client import connect
+
+        port = free_port()
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+             f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--remote-debugging-port={port}", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=5) as response:
+                    targets = json.loads(response.read())
+                page = next(target for target in targets if target["type"] == "page")
+                break
+            except (OSError, StopIteration, ValueError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        self.socket = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=60))
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message["result"]
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def screenshot(self) -> np.ndarray:
+        import base64
+        import io
+
+        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB")).astype(np.float64)
+
+    def click(self, x: float, y: float) -> None:
+        for event in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=event, x=x, y=y, button="left", clickCount=1)
+
+    def close(self) -> None:
+        self.socket.close()
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+BUTTON_CENTER_JS = """(() => {
+  const button = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Preview mesh');
+  if (!button) return null;
+  button.scrollIntoView();
+  const box = button.getBoundingClientRect();
+  return [box.left + box.width / 2, box.top + box.height / 2];
+})()"""
+
+
+def settled_screenshot(page: DevToolsPage, timeout: float = 60.0) -> np.ndarray:
+    """A screenshot once two taken 1 s apart agree (the viewer has finished refining its render)."""
+    previous = page.screenshot()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        current = page.screenshot()
+        if np.abs(current - previous).max(axis=-1).mean() < 0.5:
+            return current
+        previous = current
+    return previous
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_clicking_preview_mesh_in_the_browser_shows_the_mesh(tiny_neus_run, tmp_path):
+    """`ns-viewer` on a finished run: a mouse click on "Preview mesh" in headless Chromium adds the surface to
+    the 3D scene, and the viewport shows it (grey, lit) over the render."""
+    port = free_port()
+    command = [bin_path("ns-viewer"), "--load-config", str(tiny_neus_run), "--viewer.websocket-port", str(port)]
+    log_path = tmp_path / "viewer.log"
+    with open(log_path, "w") as log:
+        viewer = subprocess.Popen(command, cwd=tiny_neus_run.parents[4], env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    page = None
+    try:
+        wait_for_page(port, viewer, log_path)
+        with tempfile.TemporaryDirectory() as profile:
+            page = DevToolsPage(f"http://127.0.0.1:{port}/", profile)
+            deadline = time.monotonic() + 120
+            while page.evaluate(BUTTON_CENTER_JS) is None:
+                assert time.monotonic() < deadline, "no 'Preview mesh' button on the viewer's page"
+                time.sleep(1.0)
+            before = settled_screenshot(page)
+            assert holds_a_render(before.astype(np.uint8))
+            page.click(*page.evaluate(BUTTON_CENTER_JS))
+            while "Preview mesh:" not in log_path.read_text():
+                assert time.monotonic() < deadline + 120, f"the click reached no callback:\n{log_path.read_text()[-2000:]}"
+                time.sleep(1.0)
+            after = settled_screenshot(page)
+            for name, pixels in (("before", before), ("after", after)):
+                Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / f"{name}_click.png")
+            page.close()
+            page = None
+    finally:
+        if page is not None:
+            page.close()
+        os.killpg(viewer.pid, signal.SIGTERM)
+        viewer.wait(timeout=30)
+    assert "faces at resolution 64, shown as /neurecon/mesh_preview" in log_path.read_text()
+    changed = np.abs(after - before).max(axis=-1) > 30
+    viewport_changed = viewport(changed.astype(np.float64)[..., None].repeat(3, -1))[..., 0].astype(bool)
+    assert viewport_changed.mean() > 0.02, "the viewport looks the same after the click"
+    # the mesh is drawn grey (200, 200, 200) and lit: where the picture changed, it changed to grey
+    new_pixels = viewport(after)[viewport_changed]
+    greyness = new_pixels.max(axis=-1) - new_pixels.min(axis=-1)
+    assert np.median(greyness) < 12
