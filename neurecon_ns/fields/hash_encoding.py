@@ -224,7 +224,7 @@ class ProgressiveHashEncoding(nn.Module):
     def finest_active_cell(self) -> Tensor:
         """Edge length of a cell of the finest active grid, in training-space units (a 0-d tensor on the grid's
         device: reading the active level on the host would wait for the device at every call)."""
-        return self.cell_sizes[self.active_levels - 1]
+        return self.cell_sizes.gather(0, (self.active_levels - 1).reshape(1))[0]  # not `[tensor]`: a host read
 
     def update_to_step(self, step: int) -> None:
         config = self.config

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 from torch import Tensor
@@ -44,7 +44,22 @@ def at_least_float32(tensor: Tensor) -> Tensor:
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
+_as_on_a_gpu = False
+
+
 def reads_on_host_are_free(device: torch.device) -> bool:
     """Whether a loop may read a tensor on the host (to drop finished rays, or stop early) without stalling a
-    device queue: only on a CPU."""
-    return torch.device(device).type == "cpu"
+    device queue: only on a CPU, and not inside `as_on_a_gpu()`."""
+    return torch.device(device).type == "cpu" and not _as_on_a_gpu
+
+
+@contextlib.contextmanager
+def as_on_a_gpu() -> Iterator[None]:
+    """Take the GPU's paths on a CPU (fixed shapes, no host reads), so that tests and benchmarks on a machine
+    without a GPU can run and count them (`neurecon_ns.utils.cuda_rules.HostSyncCounter`)."""
+    global _as_on_a_gpu
+    previous, _as_on_a_gpu = _as_on_a_gpu, True
+    try:
+        yield
+    finally:
+        _as_on_a_gpu = previous
