@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.fields.hash_encoding import HashGridConfig, ProgressiveHashEncoding
@@ -348,5 +349,20 @@ def test_grid_queries_outside_autograd_come_in_pieces_with_the_same_values():
     with torch.no_grad():
         whole = encoding.forward_with_jacobian(points)
         encoding.grids.query_chunk_size = 96
-        pieces = encoding.forward_with_jacobian(points)
+        with LargestGather() as gathers:
+            pieces = encoding.forward_with_jacobian(points)
     assert torch.equal(whole[0], pieces[0]) and torch.equal(whole[1], pieces[1])
+    # the corner features gathered at once are those of one piece: 96 points x 6 levels x 8 corners x 2 features
+    assert gathers.largest == 96 * 6 * 8 * 2
+
+
+class LargestGather(TorchDispatchMode):
+    """The largest result of a gather by index (`table[rows]`) seen while it is active, in elements."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func.overloadpacket is torch.ops.aten.index:
+            self.largest = max(self.largest, result.numel())
+        return result

@@ -24,7 +24,6 @@ from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
 from neurecon_ns.model_components.root_finding import find_first_root
-from neurecon_ns.utils.accelerator import reads_on_host_are_free
 from neurecon_ns.model_components.sdf_to_density import (
     MAX_ERROR_EXPONENT,
     distance_lower_bound,
@@ -34,6 +33,7 @@ from neurecon_ns.model_components.sdf_to_density import (
     volsdf_free_energy_estimate,
     volsdf_opacity_error_bound,
 )
+from neurecon_ns.utils.accelerator import reads_on_host_are_free
 
 LevelFunction = Callable[[Float[Tensor, "*bs 3"]], Float[Tensor, "*bs"]]
 
