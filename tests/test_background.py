@@ -21,9 +21,9 @@ from neurecon_ns.model_components.background import (
     inverse_radius_samples,
     inverted_points_along_rays,
     sample_background,
-    sphere_chord,
     weights_from_alphas,
 )
+from neurecon_ns.model_components.colliders import sphere_chord
 from neurecon_ns.models.neus import NeuSModelConfig
 from neurecon_ns.models.unisurf import UnisurfModelConfig
 from neurecon_ns.models.volsdf import VolSDFModelConfig

@@ -16,6 +16,7 @@ from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
 
 from neurecon_ns.errors import UserInputError
+from neurecon_ns.model_components.colliders import ray_sphere_intersections
 from neurecon_ns.model_components.samplers import (
     ErrorBoundedSamplerConfig,
     bisect_beta_plus,
@@ -31,7 +32,7 @@ from neurecon_ns.model_components.sdf_to_density import (
     volsdf_free_energy_estimate,
     volsdf_opacity_error_bound,
 )
-from neurecon_ns.models.volsdf import VolSDFModelConfig, sphere_exit_distance
+from neurecon_ns.models.volsdf import VolSDFModelConfig
 
 EPS = 0.1
 SdfAlongRay = Callable[[Tensor], Tensor]
@@ -318,10 +319,12 @@ def camera_rays(num_rays: int) -> RayBundle:
     return RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(num_rays, 1))
 
 
-def test_sphere_exit_distance():
-    origins = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 5.0]])
-    directions = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
-    assert torch.allclose(sphere_exit_distance(origins, directions, 3.0)[:, 0], torch.tensor([5.0, 8.0]))
+def test_ray_sphere_intersections():
+    origins = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 5.0], [0.0, 4.0, 5.0]])
+    directions = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [0.0, 0.0, -2.0]])
+    t_enter, t_exit = ray_sphere_intersections(origins, directions, 3.0)
+    assert torch.allclose(t_exit[:, 0], torch.tensor([5.0, 8.0, 2.5]))
+    assert torch.allclose(t_enter[:, 0], torch.tensor([-1.0, 2.0, 2.5]))  # behind the camera; a miss: closest approach
 
 
 def test_model_weights_sum_to_one_with_the_scene_sphere():

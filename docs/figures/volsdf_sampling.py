@@ -18,9 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from neurecon_ns.model_components.colliders import ray_sphere_intersections  # noqa: E402
 from neurecon_ns.model_components.samplers import ErrorBoundedSamplerConfig, error_bounded_sampling  # noqa: E402
 from neurecon_ns.model_components.sdf_to_density import volsdf_density  # noqa: E402
-from neurecon_ns.models.volsdf import sphere_exit_distance  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parents[1] / "images" / "volsdf_sampling.png"
 BETA = 0.003
@@ -33,7 +33,7 @@ def main() -> None:
     target = torch.tensor([[0.25, 0.0, 0.0]])
     direction = torch.nn.functional.normalize(target - origin, dim=-1)
     near = 2.5 - 1.0 + torch.zeros(1, 1)  # about where it enters the unit sphere
-    far = sphere_exit_distance(origin, direction, SCENE_RADIUS)
+    _, far = ray_sphere_intersections(origin, direction, SCENE_RADIUS)
 
     def scene_sdf(t: torch.Tensor) -> torch.Tensor:
         points = origin[:, None, :] + direction[:, None, :] * t[..., None]

@@ -11,7 +11,7 @@ foreground:
 
 with `C_fg`, `A_fg` the colour and opacity composited over the chord and `C_bg` the colour
 composited over the background samples. This is exact volume rendering when the chord ends where
-the background starts, which `SphereChordCollider` guarantees.
+the background starts, which `colliders.SphereChordCollider` guarantees.
 """
 
 from __future__ import annotations
@@ -22,41 +22,7 @@ from typing import Tuple
 import torch
 from jaxtyping import Float
 from nerfstudio.cameras.rays import RayBundle
-from nerfstudio.model_components.scene_colliders import SceneCollider
 from torch import Tensor
-
-
-def sphere_chord(
-    origins: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"], radius: float, near_plane: float
-) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs 1"]]:
-    """Where a ray enters and leaves the sphere `|x| = radius`: the roots of `|o + t v|^2 = radius^2`.
-
-    `t = (-o.v -/+ sqrt((o.v)^2 - |v|^2 (|o|^2 - radius^2))) / |v|^2`. A ray that misses the sphere gets
-    an empty chord at its closest approach; `near` is clamped to `near_plane` (a camera inside the sphere
-    starts in front of itself) and `far` stays just beyond `near`.
-    """
-    dir_dot_dir = (directions * directions).sum(-1, keepdim=True)
-    origin_dot_dir = (origins * directions).sum(-1, keepdim=True)
-    origin_dot_origin = (origins * origins).sum(-1, keepdim=True)
-    half_chord = (origin_dot_dir**2 - dir_dot_dir * (origin_dot_origin - radius**2)).clamp(min=0.0).sqrt()
-    nears = ((-origin_dot_dir - half_chord) / dir_dot_dir).clamp(min=near_plane)
-    fars = torch.maximum((-origin_dot_dir + half_chord) / dir_dot_dir, nears + 1e-4)
-    return nears, fars
-
-
-class SphereChordCollider(SceneCollider):
-    """Foreground rays run exactly over their chord through the sphere, so the background can start at `far`."""
-
-    def __init__(self, radius: float = 1.0, near_plane: float = 0.0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.radius = radius
-        self.near_plane = near_plane
-
-    def set_nears_and_fars(self, ray_bundle: RayBundle) -> RayBundle:
-        ray_bundle.nears, ray_bundle.fars = sphere_chord(
-            ray_bundle.origins, ray_bundle.directions, self.radius, self.near_plane
-        )
-        return ray_bundle
 
 
 def inverse_radius_samples(

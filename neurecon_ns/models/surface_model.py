@@ -30,13 +30,12 @@ from neurecon_ns.errors import UserInputError
 from neurecon_ns.fields.background import BackgroundFieldConfig
 from neurecon_ns.fields.sdf_field import SurfaceFieldConfig
 from neurecon_ns.model_components.background import (
-    SphereChordCollider,
     background_alphas,
     composite_behind,
     sample_background,
     weights_from_alphas,
 )
-from neurecon_ns.model_components.colliders import UnitSphereCollider
+from neurecon_ns.model_components.colliders import SphereChordCollider, UnitSphereCollider
 from neurecon_ns.model_components.occupancy_grid import SurfaceOccupancyGrid
 from neurecon_ns.model_components.root_finding import find_first_root, sphere_trace
 from neurecon_ns.utils.accelerator import at_least_float32, full_precision

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 
 from neurecon_ns.errors import UserInputError
-from neurecon_ns.model_components.colliders import UnitSphereCollider
+from neurecon_ns.model_components.colliders import SceneSphereCollider
 from neurecon_ns.model_components.samplers import ErrorBoundedSamplerConfig
 from neurecon_ns.model_components.sdf_to_density import alpha_from_density, volsdf_density
 from neurecon_ns.models.surface_model import SurfaceModel, SurfaceModelConfig
@@ -41,36 +41,6 @@ class LaplaceDensity(nn.Module):
 
     def forward(self, sdf: Tensor) -> Tensor:
         return volsdf_density(sdf, self.beta())
-
-
-def sphere_exit_distance(
-    origins: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"], radius: float
-) -> Float[Tensor, "*bs 1"]:
-    """Largest `t` with `|o + t v| = radius` (the far root; rays that miss the sphere get their closest approach)."""
-    dir_dot_dir = (directions * directions).sum(-1, keepdim=True)
-    origin_dot_dir = (origins * directions).sum(-1, keepdim=True)
-    origin_dot_origin = (origins * origins).sum(-1, keepdim=True)
-    discriminant = origin_dot_dir**2 - dir_dot_dir * (origin_dot_origin - radius**2)
-    return (-origin_dot_dir + discriminant.clamp(min=0.0).sqrt()) / dir_dot_dir
-
-
-class SceneSphereCollider(UnitSphereCollider):
-    """Rays start where the object's sphere begins (as NeuS's do) and end where they leave the scene sphere.
-
-    The whole segment lies inside the scene sphere (radius `scene_radius` > `radius`), so the
-    background surface `R - |x| = 0` is met only at its far end, wherever the camera is.
-    """
-
-    def __init__(self, radius: float, scene_radius: float, near_plane: float = 0.0, **kwargs) -> None:
-        super().__init__(radius=radius, near_plane=near_plane, **kwargs)
-        self.scene_radius = scene_radius
-
-    def set_nears_and_fars(self, ray_bundle: RayBundle) -> RayBundle:
-        ray_bundle = super().set_nears_and_fars(ray_bundle)
-        assert ray_bundle.nears is not None
-        exit_distance = sphere_exit_distance(ray_bundle.origins, ray_bundle.directions, self.scene_radius)
-        ray_bundle.fars = torch.maximum(exit_distance, ray_bundle.nears + 1e-4)
-        return ray_bundle
 
 
 @dataclass
