@@ -206,9 +206,7 @@ def test_numerical_gradient_in_half_precision_is_the_float32_one():
     assert float(field.numerical_gradient_step()) == pytest.approx(2.0 / 1024)
     points = torch.nn.functional.normalize(torch.randn(2000, 3), dim=-1) * 0.5
     _, _, expected = field.get_level_value_and_gradient(points)
-    field.config.gradient = "autograd"
-    _, _, exact = field.get_level_value_and_gradient(points)
-    field.config.gradient = "numerical"
+    _, _, exact = field.geometry_network.value_features_and_gradient(points, create_graph=False)
     assert ((expected - exact).norm(dim=-1) / exact.norm(dim=-1)).max() < 1e-3  # float32 differences: the gradient
     autocast, rules = half_precision()
     with autocast, rules:
@@ -323,8 +321,12 @@ def test_the_compile_fallback_covers_the_backward_and_leaves_out_of_memory_alone
         def backward(ctx, grad):
             raise RuntimeError("backward compilation failed: no C++ compiler")
 
-    eager = field.geometry_network.forward_with_gradient
-    field._compiled["geometry and gradient"] = lambda points: tuple(BackwardFails.apply(output) for output in eager(points))
+    eager = field.geometry_network.value_features_and_gradient
+
+    def backward_fails(points, create_graph):
+        return tuple(BackwardFails.apply(output) for output in eager(points, create_graph))
+
+    field._compiled["geometry and gradient"] = backward_fails
     points = torch.rand(20, 3)
     level, _, gradient = field.get_level_value_and_gradient(points)
     assert field._compile_failed and "backward compilation failed" in capsys.readouterr().out

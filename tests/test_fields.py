@@ -34,7 +34,7 @@ def test_closed_form_gradient_equals_autograd_and_trains_the_same(settings):
     with torch.no_grad():  # leave the geometric initialisation's near-sphere for a generic function
         for parameter in network.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    assert network.has_closed_form_gradient
+    assert network.fused_gradient and network.fused_level_query
     points = torch.rand(300, 3, dtype=torch.float64) * 2.0 - 1.0
     points[:3] = torch.tensor([[1.2, 0.1, -0.3], [0.0, -1.5, 0.2], [0.3, 0.3, 0.3]])  # outside the grid's cube too
     expected_output, expected_gradient = autograd_value_and_gradient(network, points)
@@ -141,3 +141,30 @@ def test_closed_form_gradient_runs_in_full_precision_under_autocast():
     assert torch.allclose(gradient, expected_gradient)
     ((gradient.norm(dim=-1) - 1.0) ** 2).mean().backward()
     assert all(parameter.grad is not None and parameter.grad.dtype == torch.float32 for parameter in network.parameters())
+
+
+def test_reference_implementation_is_the_fused_one_through_the_field():
+    """`geometry.implementation`: "reference" runs every query layer by layer under autograd, "fused" the closed-form
+    pass; with the same weights the field gives the same level values, gradients and parameter gradients."""
+    torch.manual_seed(0)
+    fields = {}
+    for implementation in ("fused", "reference"):
+        torch.manual_seed(0)
+        config = SurfaceFieldConfig()
+        config.geometry.num_layers, config.geometry.hidden_dim, config.geometry.skip_layers = 4, 64, (2,)
+        config.geometry.implementation = implementation
+        fields[implementation] = config.setup().double().train()
+    assert fields["fused"].geometry_network.fused_gradient and not fields["reference"].geometry_network.fused_gradient
+    points = torch.rand(200, 3, dtype=torch.float64) * 2 - 1
+    results = {}
+    for implementation, field in fields.items():
+        level, features, gradient = field.get_level_value_and_gradient(points)
+        loss = ((gradient.norm(dim=-1) - 1.0) ** 2).mean() + (level * features[:, :1]).sum()
+        grads = torch.autograd.grad(loss, list(field.geometry_network.parameters()))
+        with torch.no_grad():
+            query = field.get_level_value(points)
+        results[implementation] = (level, gradient, query, grads)
+    for fused, reference in zip(results["fused"][:3], results["reference"][:3]):
+        assert torch.allclose(fused, reference, atol=1e-10)
+    for fused, reference in zip(results["fused"][3], results["reference"][3]):
+        assert torch.allclose(fused, reference, rtol=1e-6, atol=1e-9)

@@ -7,8 +7,8 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 
-from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
-from neurecon_ns.fields.siren import SirenGeometryNetwork
+from neurecon_ns.fields.sdf_field import SurfaceFieldConfig
+from neurecon_ns.fields.siren import SirenGeometryConfig, SirenGeometryNetwork
 from neurecon_ns.models.neus import NeuSModelConfig
 from neurecon_ns.models.volsdf import VolSDFModelConfig
 
@@ -23,7 +23,7 @@ def test_initialisation_keeps_activations_arcsine_distributed_through_depth():
     """SIREN's initialisation: every hidden layer outputs sin(N(0, ~1))-like values, standard deviation
     about 1/sqrt(2) (the arcsine distribution on [-1, 1]), at the last layer as at the first."""
     torch.manual_seed(0)
-    network = SirenGeometryNetwork(GeometryNetworkConfig(num_layers=8, hidden_dim=256, feature_dim=16))
+    network = SirenGeometryNetwork(SirenGeometryConfig(num_layers=8, hidden_dim=256, feature_dim=16))
     hidden = torch.rand(4096, 3) * 2 - 1
     stds = []
     for layer in network.sine_layers:
@@ -38,7 +38,7 @@ def test_initialisation_keeps_activations_arcsine_distributed_through_depth():
 
 
 def test_output_holds_level_value_and_features():
-    config = GeometryNetworkConfig(num_layers=2, hidden_dim=32, feature_dim=8)
+    config = SirenGeometryConfig(num_layers=2, hidden_dim=32, feature_dim=8)
     output = SirenGeometryNetwork(config)(torch.rand(5, 7, 3))
     assert output.shape == (5, 7, 9)
 
@@ -46,8 +46,8 @@ def test_output_holds_level_value_and_features():
 @pytest.fixture(scope="module")
 def fitted_siren():
     torch.manual_seed(0)
-    config = GeometryNetworkConfig(
-        num_layers=2, hidden_dim=48, feature_dim=4, init_radius=0.5, siren_first_omega=10.0, siren_pretrain_steps=150
+    config = SirenGeometryConfig(
+        num_layers=2, hidden_dim=48, feature_dim=4, init_radius=0.5, first_omega=10.0, pretrain_steps=150
     )
     return SirenGeometryNetwork(config)
 
@@ -66,16 +66,16 @@ def test_sphere_pretraining_gives_the_sphere_sdf(fitted_siren):
     assert (torch.sign(sdf[away]) == torch.sign(exact[away])).float().mean() > 0.99
     # an unfitted SIREN is nothing like it
     torch.manual_seed(0)
-    untrained = SirenGeometryNetwork(dataclasses.replace(fitted_siren.config, siren_pretrain_steps=0))
+    untrained = SirenGeometryNetwork(dataclasses.replace(fitted_siren.config, pretrain_steps=0))
     assert (untrained(points)[:, 0] - exact).abs().mean() > 0.1
 
 
 @pytest.mark.slow
 def test_inside_out_fit_flips_the_sign():
     torch.manual_seed(0)
-    config = GeometryNetworkConfig(
-        num_layers=2, hidden_dim=32, feature_dim=4, init_radius=0.5, inside_out=True, siren_first_omega=10.0,
-        siren_pretrain_steps=40,
+    config = SirenGeometryConfig(
+        num_layers=2, hidden_dim=32, feature_dim=4, init_radius=0.5, inside_out=True, first_omega=10.0,
+        pretrain_steps=40,
     )
     network = SirenGeometryNetwork(config)
     centre, outside = network(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.9]]))[:, 0]
@@ -85,8 +85,8 @@ def test_inside_out_fit_flips_the_sign():
 @pytest.mark.parametrize("model_config", [NeuSModelConfig, VolSDFModelConfig], ids=["neus", "volsdf"])
 def test_any_sdf_method_trains_with_a_siren(model_config):
     config = model_config(networks=SurfaceFieldConfig(geometry_type="siren"))
-    geometry = config.networks.geometry
-    geometry.hidden_dim, geometry.num_layers, geometry.feature_dim = 16, 2, 8
+    siren = config.networks.siren
+    siren.hidden_dim, siren.num_layers, siren.feature_dim = 16, 2, 8
     config.networks.radiance.hidden_dim, config.networks.radiance.num_layers = 16, 1
     for name, value in (("num_uniform", 16), ("num_importance", 8), ("num_initial_samples", 32),
                         ("num_samples_per_iteration", 16), ("num_final_samples", 16), ("num_coarse_kept", 8)):

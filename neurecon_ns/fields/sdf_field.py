@@ -21,8 +21,10 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from neurecon_ns.fields.hash_encoding import HashGridConfig, ProgressiveHashEncoding
+from neurecon_ns.fields.level_set_network import LevelSetNetwork
+from neurecon_ns.fields.siren import SirenGeometryConfig
 from neurecon_ns.fields.softplus_mlp import SoftplusMLPWithGradient, level_value_without_grad
-from neurecon_ns.utils.accelerator import at_least_float32, autocast_enabled, full_precision
+from neurecon_ns.utils.accelerator import at_least_float32, full_precision
 
 
 class PositionalEncoding(nn.Module):
@@ -98,23 +100,26 @@ class GeometryNetworkConfig(InstantiateConfig):
     """Weight normalisation of every linear layer."""
     input_scale: float = 1.0
     """Points are multiplied by this before encoding; the output SDF is divided by it."""
-    siren_first_omega: float = 30.0
-    """SIREN only (`geometry_type="siren"`): frequency factor `omega_0` of the first sine layer."""
-    siren_hidden_omega: float = 30.0
-    """SIREN only: frequency factor of the hidden sine layers."""
-    siren_pretrain_steps: int = 0
-    """SIREN only: Adam steps fitting the network to the SDF of a sphere of `init_radius` when it is
-    built (its counterpart of `geometric_init`); 0 keeps SIREN's own random initialisation."""
+    implementation: Literal["fused", "reference"] = "fused"
+    """How the MLP is evaluated. "fused": the closed-form pass of `softplus_mlp.py` (level value, features and the
+    SDF gradient in one autograd node with a hand-written first-order backward, and a level query outside
+    autograd that computes only the level row); "reference": the layers one by one under autograd (the gradient
+    by autograd, which the eikonal loss differentiates a second time). Both compute the same function
+    (tests/test_fields.py); tiny-cuda-nn's grid has no Jacobian, so with it the gradient is the reference's."""
 
 
-class GeometryNetwork(nn.Module):
-    """MLP `x -> (f(x), z(x))`: a level-set value and a feature vector, with a skip connection."""
+class GeometryNetwork(LevelSetNetwork):
+    """MLP `x -> (f(x), z(x))`: a level-set value and a feature vector, with a skip connection.
+
+    Its evaluation is chosen once, here, from `config.implementation`: `fused_level_query` and `fused_gradient`
+    say which queries the fused pass serves."""
 
     config: GeometryNetworkConfig
 
     def __init__(self, config: GeometryNetworkConfig) -> None:
         super().__init__()
         self.config = config
+        self.feature_dim = config.feature_dim
         if config.encoding == "hash":
             self.encoding = ProgressiveHashEncoding(config.hash_grid)
         else:
@@ -140,6 +145,8 @@ class GeometryNetwork(nn.Module):
             layers.append(linear)
             in_dim = layer_out
         self.layers = nn.ModuleList(layers)
+        self.fused_level_query = config.implementation == "fused"
+        self.fused_gradient = config.implementation == "fused" and self.encoding.has_jacobian
 
     def _geometric_init(self, linear: nn.Linear, index: int, is_last: bool, encoded_dim: int) -> None:
         """SAL initialisation: the network starts as (approximately) the SDF of a sphere of `init_radius`."""
@@ -164,23 +171,29 @@ class GeometryNetwork(nn.Module):
         if isinstance(self.encoding, ProgressiveHashEncoding):
             self.encoding.update_to_step(step)
 
+    def central_difference_step(self) -> Union[float, Tensor]:
+        """The finest active hash level's cell (shrinking as levels switch on), or 1e-3 without a hash grid."""
+        if isinstance(self.encoding, ProgressiveHashEncoding):
+            return self.encoding.finest_active_cell()
+        return 1e-3
+
     def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
-        """Returns `[level_value, feature...]` per point."""
+        """Returns `[level_value, feature...]` per point (the reference evaluation, layer by layer)."""
         return self._mlp(points, level_only=False)
 
     def level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """The level value alone: the output layer's first row only (the samplers' and the mesher's queries
-        need no features, which are 256 of the paper network's 257 outputs). Outside autograd and mixed
-        precision (the samplers' queries) it runs the closed-form pass's forward products, without the skip
-        layer's concatenation. Under mixed precision the products are autocast's, and the value comes back in
+        need no features, which are 256 of the paper network's 257 outputs). The fused query, outside autograd,
+        runs the closed-form pass's forward products in float32 (no skip concatenation); under autograd, or
+        with the reference implementation, the layers run one by one and the value comes back in at least
         float32 for the arithmetic of the samplers that read it."""
-        if torch.is_grad_enabled() or autocast_enabled(points.device.type):
+        if torch.is_grad_enabled() or not self.fused_level_query:
             return at_least_float32(self._mlp(points, level_only=True))
         config = self.config
-        encoded = self.encoding(points.reshape(-1, 3) * config.input_scale)
-        level_value = level_value_without_grad(
-            encoded, config.softplus_beta, config.skip_layers, config.input_scale, self._weights_and_biases()
-        )
+        with full_precision(points.device.type):
+            encoded = at_least_float32(self.encoding(points.reshape(-1, 3) * config.input_scale))
+            parameters = [at_least_float32(tensor) for tensor in self._weights_and_biases()]
+            level_value = level_value_without_grad(encoded, config.softplus_beta, config.skip_layers, config.input_scale, parameters)
         return level_value.reshape(*points.shape[:-1], 1)
 
     def _weights_and_biases(self) -> List[Tensor]:
@@ -204,11 +217,15 @@ class GeometryNetwork(nn.Module):
             return hidden
         return torch.cat([hidden[..., :1] / config.input_scale, hidden[..., 1:]], dim=-1)
 
-    @property
-    def has_closed_form_gradient(self) -> bool:
-        """`forward_with_gradient` covers the Softplus MLP on the frequency encoding (NeuS, VolSDF, UNISURF)
-        and on the torch hash grid (neus-fast); tiny-cuda-nn's grid gives no Jacobian."""
-        return self.encoding.has_jacobian
+    def value_features_and_gradient(
+        self, points: Float[Tensor, "num_points 3"], create_graph: bool
+    ) -> Tuple[Float[Tensor, "num_points 1"], Float[Tensor, "num_points feature_dim"], Float[Tensor, "num_points 3"]]:
+        """Level value, features and `d level / d points`: the fused closed form (`forward_with_gradient`) where
+        the implementation is "fused" and the encoding has a Jacobian, else autograd through `forward`."""
+        if not self.fused_gradient:
+            return super().value_features_and_gradient(points, create_graph)
+        with torch.set_grad_enabled(create_graph):
+            return self.forward_with_gradient(points)
 
     def forward_with_gradient(
         self, points: Float[Tensor, "num_points 3"]
@@ -316,16 +333,19 @@ class SurfaceFieldConfig(InstantiateConfig):
     radiance: RadianceNetworkConfig = field(default_factory=RadianceNetworkConfig)
     """The colour network."""
     geometry_type: Literal["mlp", "siren"] = "mlp"
-    """Kind of geometry network (SIREN: periodic activations)."""
-    gradient: Literal["analytic", "autograd", "numerical"] = "analytic"
-    """How the level set's gradient (normals, eikonal loss) is computed. "analytic": in closed form where
-    the network allows (`GeometryNetwork.forward_with_gradient`; the loss then needs a first-order
-    backward only), else by autograd; "autograd": always by autograd, which the eikonal loss then
-    differentiates a second time; "numerical": central differences (6 more evaluations, no second
-    derivative: what tiny-cuda-nn's grids need, since they have no second derivatives)."""
+    """Kind of geometry network: "mlp", the IDR/NeuS softplus MLP (`geometry`); "siren", periodic activations
+    (`siren`)."""
+    siren: SirenGeometryConfig = field(default_factory=SirenGeometryConfig)
+    """The SIREN geometry network, when `geometry_type` is "siren"."""
+    gradient: Literal["analytic", "numerical"] = "analytic"
+    """How the level set's gradient (normals, eikonal loss) is computed. "analytic": the derivative of the
+    network, as its implementation gives it (`geometry.implementation`: the fused closed form, whose loss needs a
+    first-order backward only, or autograd, which the eikonal loss differentiates a second time);
+    "numerical": central differences (6 more evaluations, no second derivative: what tiny-cuda-nn's grids
+    need, since they have no second derivatives)."""
     numerical_gradient_step: float = 0.0
-    """Central-difference step in training-space units; 0 ties it to the finest active hash level's cell
-    (shrinking as levels switch on), or 1e-3 without a hash grid."""
+    """Central-difference step in training-space units; 0 leaves it to the network (the finest active hash
+    level's cell, shrinking as levels switch on, or 1e-3 without a hash grid)."""
     compile: bool = False
     """`torch.compile` the networks' passes (the geometry network with its closed-form gradient, the
     geometry network alone, the radiance network). Needs a C++ compiler on a CPU (Triton on a GPU); where
@@ -344,19 +364,18 @@ class SurfaceField(nn.Module):
     def __init__(self, config: SurfaceFieldConfig) -> None:
         super().__init__()
         self.config = config
-        self.geometry_network = self._build_geometry(config)
-        self.radiance_network = RadianceNetwork(config.radiance, feature_dim=config.geometry.feature_dim)
+        if config.gradient not in ("analytic", "numerical"):
+            from neurecon_ns.errors import UserInputError
+
+            raise UserInputError(
+                f"networks.gradient '{config.gradient}' is not 'analytic' or 'numerical' (pipeline.model.networks in "
+                "the run's config.yml); autograd's gradient is `gradient: analytic` with `geometry.implementation: reference`."
+            )
+        self.geometry_network: LevelSetNetwork = config.siren.setup() if config.geometry_type == "siren" else config.geometry.setup()
+        self.radiance_network = RadianceNetwork(config.radiance, feature_dim=self.geometry_network.feature_dim)
         self._compiled: Dict[str, Callable] = {}  # network passes given to torch.compile, by name
         self._compile_failed = False
         self._backward_compiled: Set[str] = set()  # passes whose compiled backward has run once
-
-    @staticmethod
-    def _build_geometry(config: SurfaceFieldConfig) -> nn.Module:
-        if config.geometry_type == "siren":
-            from neurecon_ns.fields.siren import SirenGeometryNetwork
-
-            return SirenGeometryNetwork(config.geometry)
-        return config.geometry.setup()
 
     def forward_geonetwork(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         """`[level_value, feature...]` per point (nerfstudio's exporter reads column 0)."""
@@ -368,29 +387,22 @@ class SurfaceField(nn.Module):
 
     def update_to_step(self, step: int) -> None:
         """Per-step schedules of the networks (the hash grid's progressive levels)."""
-        update = getattr(self.geometry_network, "update_to_step", None)
-        if update is not None:
-            update(step)
+        self.geometry_network.update_to_step(step)
 
     def numerical_gradient_step(self) -> Union[float, Tensor]:
-        """The central differences' step `h`: the config's, the finest active hash level's cell, or 1e-3."""
+        """The central differences' step `h`: the config's, else the network's."""
         if self.config.numerical_gradient_step > 0:
             return self.config.numerical_gradient_step
-        encoding = getattr(self.geometry_network, "encoding", None)
-        if isinstance(encoding, ProgressiveHashEncoding):
-            return encoding.finest_active_cell()
-        return 1e-3
+        return self.geometry_network.central_difference_step()
 
     def get_level_value_and_gradient(
         self, points: Float[Tensor, "*bs 3"], create_graph: Optional[bool] = None
     ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
         """Level value, feature and the gradient d(level)/dx (analytic or numerical, see the config).
 
-        The analytic gradient is the closed form (`forward_with_gradient`) where the geometry network has one
-        (the MLP on the frequency encoding or the torch hash grid); otherwise (SIREN, tiny-cuda-nn's grid, or
-        `gradient="autograd"`) it comes from autograd under `enable_grad`, so that normals also come out of
-        nerfstudio's `no_grad` rendering paths (viewer, ns-render). The graph is kept only while training
-        (the eikonal loss differentiates through it).
+        The analytic gradient is the network's own (`value_features_and_gradient`: the fused closed form, or
+        autograd under `enable_grad`, so that normals also come out of nerfstudio's `no_grad` rendering paths).
+        The graph is kept only while training (the eikonal loss differentiates through it).
 
         Under mixed precision all three run in float32: the NeuS, VolSDF and UNISURF mappings read the level
         value at a sharpness of hundreds to thousands per unit, the eikonal term is a difference of nearly
@@ -407,27 +419,10 @@ class SurfaceField(nn.Module):
     ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
         if self.config.gradient == "numerical":
             return self._level_value_and_numerical_gradient(points, keep_graph=create_graph)
-        if self.config.gradient == "analytic" and getattr(self.geometry_network, "has_closed_form_gradient", False):
-            with torch.set_grad_enabled(create_graph):
-                closed_form = self._network_pass("geometry and gradient", self.geometry_network.forward_with_gradient)
-                level_value, features, gradient = closed_form(points.reshape(-1, 3))
-            batch_shape = points.shape[:-1]
-            return level_value.reshape(*batch_shape, 1), features.reshape(*batch_shape, -1), gradient.reshape(points.shape)
-        with torch.enable_grad():
-            if not points.requires_grad:
-                points = points.detach().requires_grad_(True)
-            output = self.geometry_network(points)
-            level_value = output[..., :1]
-            (gradient,) = torch.autograd.grad(
-                level_value,
-                points,
-                grad_outputs=torch.ones_like(level_value),
-                create_graph=create_graph,
-                retain_graph=create_graph,
-            )
-        if not create_graph:
-            output, level_value, gradient = output.detach(), level_value.detach(), gradient.detach()
-        return level_value, output[..., 1:], gradient
+        with_gradient = self._network_pass("geometry and gradient", self.geometry_network.value_features_and_gradient)
+        level_value, features, gradient = with_gradient(points.reshape(-1, 3), create_graph)
+        batch_shape = points.shape[:-1]
+        return level_value.reshape(*batch_shape, 1), features.reshape(*batch_shape, -1), gradient.reshape(points.shape)
 
     def _network_pass(self, name: str, eager: Callable) -> Callable:
         """`eager`, or its `torch.compile`d version when `compile` is set and compilation has not failed."""

@@ -10,24 +10,26 @@ supplement 1): with `n` the fan-in,
   a standard normal when `h` is arcsine-distributed on [-1, 1]: each sine then again outputs an
   arcsine distribution, whatever the depth.
 
-SIREN starts as a random band-limited function, not as a sphere. `siren_pretrain_steps > 0` fits it
-to the SDF of a sphere of `init_radius` when it is built, the counterpart of the MLP's geometric
-initialisation (volume rendering then starts from one closed surface instead of many).
+SIREN starts as a random band-limited function, not as a sphere. `pretrain_steps > 0` fits it to the SDF
+of a sphere of `init_radius` when it is built, the counterpart of the MLP's geometric initialisation
+(volume rendering then starts from one closed surface instead of many).
 
-Settings of `GeometryNetworkConfig` read here: `num_layers`, `hidden_dim`, `feature_dim`,
-`init_radius`, `inside_out`, `input_scale` and the `siren_*` fields; the MLP-only ones
-(`skip_layers`, `num_frequencies`, `softplus_beta`, `geometric_init`, `use_weight_norm`) are ignored.
+Its gradient is autograd's (the defaults of `LevelSetNetwork`); the field uses it with
+`networks.geometry_type siren`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Type
 
 import torch
 from jaxtyping import Float
+from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
-from neurecon_ns.fields.sdf_field import GeometryNetworkConfig
+from neurecon_ns.fields.level_set_network import LevelSetNetwork
 
 PRETRAIN_POINTS_PER_STEP = 4096
 """Points per Adam step of the sphere fit: half uniform in the unit ball, half near the sphere."""
@@ -56,28 +58,57 @@ def sphere_sdf(points: Float[Tensor, "*bs 3"], radius: float, inside_out: bool) 
     return -sdf if inside_out else sdf
 
 
-class SirenGeometryNetwork(nn.Module):
-    """SIREN `x -> (f(x), z(x))`: a level-set value and a feature vector, built from a `GeometryNetworkConfig`."""
+@dataclass
+class SirenGeometryConfig(InstantiateConfig):
+    """SIREN as the geometry network: level-set value and a feature vector per point."""
 
-    def __init__(self, config: GeometryNetworkConfig) -> None:
+    _target: Type = field(default_factory=lambda: SirenGeometryNetwork)
+    num_layers: int = 8
+    """Number of sine layers."""
+    hidden_dim: int = 256
+    """Width of the sine layers."""
+    feature_dim: int = 256
+    """Size of the feature vector passed to the radiance network."""
+    first_omega: float = 30.0
+    """Frequency factor `omega_0` of the first sine layer."""
+    hidden_omega: float = 30.0
+    """Frequency factor of the hidden sine layers."""
+    pretrain_steps: int = 0
+    """Adam steps fitting the network to the SDF of a sphere of `init_radius` when it is built (its counterpart of
+    the MLP's geometric initialisation); 0 keeps SIREN's own random initialisation."""
+    init_radius: float = 0.5
+    """Radius of the sphere of the fit."""
+    inside_out: bool = False
+    """Flip the sphere's sign (for scenes seen from inside, e.g. rooms)."""
+    input_scale: float = 1.0
+    """Points are multiplied by this before the first layer; the output SDF is divided by it."""
+
+
+class SirenGeometryNetwork(LevelSetNetwork):
+    """SIREN `x -> (f(x), z(x))`: a level-set value and a feature vector."""
+
+    config: SirenGeometryConfig
+
+    def __init__(self, config: SirenGeometryConfig) -> None:
         super().__init__()
         self.config = config
+        self.feature_dim = config.feature_dim
         dims = [3] + [config.hidden_dim] * config.num_layers
         self.sine_layers = nn.ModuleList(
             SineLayer(
                 in_dim,
                 out_dim,
-                omega=config.siren_first_omega if index == 0 else config.siren_hidden_omega,
+                omega=config.first_omega if index == 0 else config.hidden_omega,
                 is_first=index == 0,
             )
             for index, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:]))
         )
         self.output_layer = nn.Linear(dims[-1], 1 + config.feature_dim)
-        bound = math.sqrt(6.0 / dims[-1]) / config.siren_hidden_omega
+        bound = math.sqrt(6.0 / dims[-1]) / config.hidden_omega
         with torch.no_grad():
             self.output_layer.weight.uniform_(-bound, bound)
-        if config.siren_pretrain_steps > 0:
-            self.fit_sphere(config.siren_pretrain_steps)
+        if config.pretrain_steps > 0:
+            self.fit_sphere(config.pretrain_steps)
 
     def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         """Returns `[level_value, feature...]` per point."""
@@ -87,10 +118,6 @@ class SirenGeometryNetwork(nn.Module):
         output = self.output_layer(hidden)
         level_value = output[..., :1] / self.config.input_scale
         return torch.cat([level_value, output[..., 1:]], dim=-1)
-
-    def level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
-        """The level value alone (what the samplers and the mesher query)."""
-        return self(points)[..., :1]
 
     def fit_sphere(self, num_steps: int, seed: int = 0) -> float:
         """Fit the level value to the SDF of a sphere of `init_radius` by L1 regression; returns the last loss.
