@@ -65,9 +65,8 @@ def layers_of(parameters: Sequence[Tensor], encoded_dim: int, skip_layers: Seque
 
 def aligned_mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """`bias + a b` in a matrix whose rows start 16 elements apart (a view of a wider one where the product's
-    width is over 16 and not a multiple of 16). BLAS writes aligned rows much faster: the paper network's
-    217-wide layer before its skip takes 49 ms instead of 75 ms at 65,536 points (fp32, AVX2), as fast as a
-    256-wide one."""
+    width is over 16 and not a multiple of 16): BLAS writes aligned rows faster, on the AVX2 and the AVX-512
+    machines measured (docs/speed.md), and a strided result costs nothing where it does not."""
     num_columns = b.shape[1]
     if num_columns % 16 == 0 or num_columns < 16:
         return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)

@@ -3,9 +3,8 @@
 glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh `mmap` and unmaps it on
 `free`. A training step on a CPU allocates and frees dozens of such tensors (one 65,536 x 256 float
 activation of the paper-size NeuS step is 64 MiB), so every one of them is paid again in page faults, 16,384
-of them for 4-KiB pages, each followed by the kernel zeroing the page: a 64 MiB elementwise product took 27-34 ms
-that way on the 2-core benchmark machine and 7 ms in reused memory, and the whole `neus-dtu` step went from
-8.9 s to 5.3 s. Turning off mmap for large blocks and the trimming of the heap's top keeps freed pages in the
+of them for 4-KiB pages, each followed by the kernel zeroing the page (what that costs a step:
+docs/speed.md). Turning off mmap for large blocks and the trimming of the heap's top keeps freed pages in the
 process for the next step, as jemalloc or tcmalloc would (PyTorch's CPU tuning guide suggests preloading them).
 The price is that the process's resident memory stays at its peak instead of shrinking between steps.
 """
