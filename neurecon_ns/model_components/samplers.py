@@ -96,9 +96,14 @@ def merge_sorted(
 def sections_from_t(
     ray_bundle: RayBundle, t: Float[Tensor, "num_rays num_samples"], last_delta: Float[Tensor, "num_rays 1"]
 ) -> RaySamples:
-    """Sections `[t_i, t_{i+1}]`, the last one `last_delta` long (NeuS's convention)."""
-    ends = torch.cat([t[:, 1:], t[:, -1:] + last_delta], dim=-1)
-    return ray_bundle.get_ray_samples(bin_starts=t[..., None], bin_ends=ends[..., None])
+    """Sections `[t_i, t_{i+1}]`, the last one `last_delta` long (NeuS's convention).
+
+    The samplers choose `t` without autograd; the sections are built with it, so that their positions follow the
+    rays' origins and directions, through which nerfstudio's camera optimiser refines the poses."""
+    t, last_delta = t.detach(), last_delta.detach()
+    with torch.enable_grad():
+        ends = torch.cat([t[:, 1:], t[:, -1:] + last_delta], dim=-1)
+        return ray_bundle.get_ray_samples(bin_starts=t[..., None], bin_ends=ends[..., None])
 
 
 def neus_upsample(
@@ -143,16 +148,18 @@ class NeuSSamplerConfig(InstantiateConfig):
     """Sharpness of the first round; round i uses `base_inv_s * 2**i`."""
     jitter: bool = True
     """Randomly shift the uniform samples while training."""
-    sphere_radius: float = 1.0
-    """Only sections inside this sphere contribute to the up-sampling opacity."""
 
 
 class NeuSSampler(nn.Module):
+    """Only sections inside the model's sphere (`sphere_radius`, the model's setting) contribute to the up-sampling
+    opacity."""
+
     config: NeuSSamplerConfig
 
-    def __init__(self, config: NeuSSamplerConfig) -> None:
+    def __init__(self, config: NeuSSamplerConfig, sphere_radius: float = 1.0) -> None:
         super().__init__()
         self.config = config
+        self.sphere_radius = sphere_radius
 
     @torch.no_grad()
     def forward(self, ray_bundle: RayBundle, level_fn: LevelFunction) -> RaySamples:
@@ -165,7 +172,7 @@ class NeuSSampler(nn.Module):
             per_step = config.num_importance // config.num_upsample_steps
             for step in range(config.num_upsample_steps):
                 radius = points.norm(dim=-1)
-                inside = (radius[:, :-1] < config.sphere_radius) | (radius[:, 1:] < config.sphere_radius)
+                inside = (radius[:, :-1] < self.sphere_radius) | (radius[:, 1:] < self.sphere_radius)
                 t_new = neus_upsample(t, sdf, inside, per_step, config.base_inv_s * 2**step)
                 is_last = step == config.num_upsample_steps - 1
                 sdf_new = None if is_last else level_fn(points_along_rays(ray_bundle, t_new))
