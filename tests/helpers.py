@@ -44,7 +44,6 @@ TINY_SAMPLERS = {
         "--pipeline.model.sampler.num-search-steps", "64",
         "--pipeline.model.sampler.num-interval", "16",
         "--pipeline.model.sampler.num-free-space", "8",
-        "--pipeline.model.root-search-steps", "64",
     ],
 }
 

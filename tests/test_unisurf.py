@@ -247,7 +247,6 @@ def tiny_unisurf_model(hidden_dim: int = 32, num_layers: int = 2, **model_overri
     config.sampler.num_search_steps = 64
     config.sampler.num_interval = 16
     config.sampler.num_free_space = 8
-    config.root_search_steps = 64
     for name, value in model_overrides.items():
         setattr(config, name, value)
     return config.setup(scene_box=None, num_train_data=4)

@@ -52,7 +52,7 @@ class NeuSModel(SurfaceModel):
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        self.sampler = self.config.sampler.setup()
+        self.sampler = self.config.sampler.setup(sphere_radius=self.config.sphere_radius)
         self.variance = LearnedVariance(self.config.init_variance)
         self.cos_anneal_ratio = 1.0 if self.config.cos_anneal_end <= 0 else 0.0
 

@@ -109,9 +109,10 @@ class SurfaceModelConfig(ModelConfig):
     surface_tolerance: float = 1e-4
     """Surface mode: sphere tracing stops where |SDF| is below this."""
     root_search_steps: int = 256
-    """Surface mode: evenly spaced steps of the root search along a ray."""
+    """Surface mode, SDF methods: evenly spaced steps of the root search along the rays sphere tracing leaves
+    unresolved (UNISURF searches with its sampler's settings)."""
     root_secant_steps: int = 8
-    """Surface mode: secant refinements of the root search."""
+    """Surface mode, SDF methods: secant refinements of that root search."""
     keep_freed_host_memory: bool = True
     """Keep freed host memory in the process for the next step (glibc's malloc on Linux; nothing elsewhere)
     instead of unmapping every large tensor when it is freed and faulting its pages in again: it took 40% off the

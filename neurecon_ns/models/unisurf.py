@@ -21,7 +21,6 @@ from jaxtyping import Bool, Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from torch import Tensor
 
-from neurecon_ns.model_components.root_finding import find_first_root
 from neurecon_ns.model_components.samplers import UnisurfSamplerConfig, unisurf_interval
 from neurecon_ns.model_components.sdf_to_density import unisurf_alpha
 from neurecon_ns.models.surface_model import SurfaceModel, SurfaceModelConfig
@@ -83,18 +82,10 @@ class UnisurfModel(SurfaceModel):
         return unisurf_alpha(occupancy_logit(field_outputs["level"], self.config.logit_scale))
 
     def find_surface(self, ray_bundle: RayBundle) -> Tuple[Float[Tensor, "num_rays 1"], Bool[Tensor, "num_rays 1"]]:
-        """Surface rendering: the first crossing of `o = 0.5` by root finding (`f` is no distance, so
-        sphere tracing would step through the surface)."""
-        assert ray_bundle.nears is not None and ray_bundle.fars is not None
-        return find_first_root(
-            self.level_set,
-            ray_bundle.origins,
-            ray_bundle.directions,
-            ray_bundle.nears,
-            ray_bundle.fars,
-            self.config.root_search_steps,
-            self.config.root_secant_steps,
-        )
+        """Surface rendering: the first crossing of `o = 0.5`, found as the sampler finds it (root finding with its
+        `num_search_steps` and `num_secant_steps`: `f` is no distance, so sphere tracing would step through the
+        surface)."""
+        return self.sampler.find_surface(ray_bundle, self.level_set)
 
     def extra_outputs(
         self, ray_bundle: RayBundle, ray_samples: RaySamples, field_outputs: Dict[str, Tensor], weights: Tensor

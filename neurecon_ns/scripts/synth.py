@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
 from rich.console import Console
 
-from neurecon_ns.data.shapes import DEFAULT_SHAPE
-from neurecon_ns.data.synthetic import DEFAULT_WORLD_SCALE, DEFAULT_WORLD_TRANSLATION, write_scene
+from neurecon_ns.data.synthetic import write_scene
+
+SCENE_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(write_scene).parameters.items()}
+"""`write_scene`'s defaults, which the options below take as theirs."""
 
 
 @dataclass
@@ -18,27 +21,27 @@ class Synth:
 
     output_dir: Optional[Path] = None
     """Directory to write the scene into, synthetic/<shape> by default (must be empty unless --overwrite)."""
-    shape: str = DEFAULT_SHAPE
+    shape: str = SCENE_DEFAULTS["shape"]
     """Analytic shape: composite, sphere, torus or rounded_box."""
-    num_views: int = 40
+    num_views: int = SCENE_DEFAULTS["num_views"]
     """Number of cameras, spread over the upper hemisphere mostly."""
-    width: int = 96
+    width: int = SCENE_DEFAULTS["width"]
     """Image width in pixels."""
-    height: int = 96
+    height: int = SCENE_DEFAULTS["height"]
     """Image height in pixels."""
-    background: str = "black"
+    background: str = SCENE_DEFAULTS["background"]
     """Background behind the object: black, white or environment (a function of ray direction)."""
-    seed: int = 0
+    seed: int = SCENE_DEFAULTS["seed"]
     """Seed of the camera jitter (positions, look-at points, roll)."""
-    formats: Tuple[str, ...] = ("neus", "nerfstudio")
+    formats: Tuple[str, ...] = tuple(SCENE_DEFAULTS["formats"])
     """Layouts to write: neus (cameras_sphere.npz), nerfstudio (transforms.json), blender."""
-    world_scale: float = DEFAULT_WORLD_SCALE
+    world_scale: float = SCENE_DEFAULTS["world_scale"]
     """Scale of the unit-sphere -> world similarity (scale_mat[0, 0])."""
-    world_translation: Tuple[float, float, float] = DEFAULT_WORLD_TRANSLATION
+    world_translation: Tuple[float, float, float] = tuple(SCENE_DEFAULTS["world_translation"])
     """Translation of the unit-sphere -> world similarity (scale_mat[:3, 3])."""
-    mesh_resolution: int = 256
+    mesh_resolution: int = SCENE_DEFAULTS["mesh_resolution"]
     """Marching-cubes grid resolution of the ground-truth mesh."""
-    overwrite: bool = False
+    overwrite: bool = SCENE_DEFAULTS["overwrite"]
     """Replace a scene already written in output_dir."""
 
     def main(self) -> None:
