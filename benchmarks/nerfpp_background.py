@@ -22,7 +22,7 @@ import torch
 
 from neurecon_ns.data.neus_dataparser import NeusDataParserConfig
 from neurecon_ns.data.synthetic import write_scene
-from neurecon_ns.demo import train_short
+from neurecon_ns.training import train_short
 
 SMALL_BACKGROUND = {
     "background_network.hidden_dim": 64,

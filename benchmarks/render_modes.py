@@ -1,6 +1,6 @@
 """Seconds to render one image in volume mode and in surface mode, for each method, from the same run.
 
-For every method: a short CPU run on a synthetic scene (`neurecon_ns.demo.train_short`), or an existing run
+For every method: a short CPU run on a synthetic scene (`neurecon_ns.training.train_short`), or an existing run
 given with `--load-config`; then the same camera is rendered through nerfstudio's
 `model.get_outputs_for_camera` with `render_mode` "volume" and "surface" (best of `--repeats`). Prints, per
 method, both times, their ratio, the rays the surface search hit, and the PSNR of each image against the
@@ -96,7 +96,7 @@ def main() -> None:
             rows.append(measure(run.pipeline, f"{run.config.method_name} (step {run.step})", args.repeats, args.downscale))
     else:
         from neurecon_ns.data.synthetic import write_scene
-        from neurecon_ns.demo import train_short
+        from neurecon_ns.training import train_short
 
         with tempfile.TemporaryDirectory() as workdir:
             scene = write_scene(Path(workdir) / "scene", num_views=32, width=args.image_size, height=args.image_size)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neurecon_ns.camera_paths import camera_path_dict, make_camera_path, vertical_fov_deg
 from neurecon_ns.mesh.model_mesh import extract_model_surface
+from neurecon_ns.render.camera_paths import camera_path_dict, make_camera_path, vertical_fov_deg
 from neurecon_ns.render.rasterize import MeshRenderer
 from neurecon_ns.render.video import overridden_render_mode, read_camera_path, write_showcase
 from neurecon_ns.runs import load_run

@@ -209,7 +209,7 @@ def environment_scene(tmp_path_factory):
 
 
 def train_without_masks(scene, output_dir: Path, background: str):
-    from neurecon_ns.demo import train_short
+    from neurecon_ns.training import train_short
 
     torch.set_num_threads(1)
     overrides = {"background_model": background}

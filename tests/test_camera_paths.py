@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from helpers import bin_path, run_tool
 
-from neurecon_ns.camera_paths import (
+from neurecon_ns.data.conventions import flip_camera_axes
+from neurecon_ns.data.synthetic import camera_poses_unit
+from neurecon_ns.render.camera_paths import (
     angle_about_axis,
     camera_path_dict,
     circumcircle,
@@ -20,8 +22,6 @@ from neurecon_ns.camera_paths import (
     mean_up,
     vertical_fov_deg,
 )
-from neurecon_ns.data.neus_dataparser import opencv_to_opengl
-from neurecon_ns.data.synthetic import camera_poses_unit
 
 NUM_VIEWS = 16
 
@@ -29,7 +29,7 @@ NUM_VIEWS = 16
 @pytest.fixture(scope="module")
 def train_c2w():
     """OpenGL camera-to-world matrices of the synthetic scene's cameras (unit-sphere space, +z up)."""
-    return opencv_to_opengl(camera_poses_unit(NUM_VIEWS, seed=3))
+    return flip_camera_axes(camera_poses_unit(NUM_VIEWS, seed=3))
 
 
 def assert_rotations(c2w):

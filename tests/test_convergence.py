@@ -10,8 +10,8 @@ import pytest
 
 from neurecon_ns.data.shapes import get_shape, scaled, surface_mesh
 from neurecon_ns.data.synthetic import write_scene
-from neurecon_ns.demo import train_short
 from neurecon_ns.mesh.evaluate import compare_meshes
+from neurecon_ns.training import train_short
 
 NEUS_STEPS = 400
 NEUS_CHAMFER_BOUND = 0.05

@@ -15,6 +15,7 @@ from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConf
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from PIL import Image
 
+from neurecon_ns.data.conventions import flip_camera_axes
 from neurecon_ns.data.datamanager import SurfaceDataManagerConfig
 from neurecon_ns.data.mvsnet_dataparser import MVSNetDataParserConfig
 from neurecon_ns.data.normalize import (
@@ -24,7 +25,7 @@ from neurecon_ns.data.normalize import (
     region_from_cameras,
     region_from_points,
 )
-from neurecon_ns.data.synthetic import BLENDER_SCALE, OPENCV_TO_OPENGL, write_scene
+from neurecon_ns.data.synthetic import BLENDER_SCALE, write_scene
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.runs import unit_to_data_matrix
 
@@ -51,7 +52,7 @@ def model_to_data(datamanager) -> np.ndarray:
 def opengl_views(c2w_opencv: np.ndarray, intrinsics: np.ndarray, width: int, height: int) -> PinholeViews:
     count = len(c2w_opencv)
     return PinholeViews(
-        c2w=(c2w_opencv @ OPENCV_TO_OPENGL)[:, :3, :4],
+        c2w=flip_camera_axes(c2w_opencv)[:, :3, :4],
         fx=np.full(count, intrinsics[0, 0]), fy=np.full(count, intrinsics[1, 1]),
         cx=np.full(count, intrinsics[0, 2]), cy=np.full(count, intrinsics[1, 2]),
         width=np.full(count, float(width)), height=np.full(count, float(height)),
@@ -193,7 +194,7 @@ def write_transforms(directory: Path, capture, c2w_opengl: np.ndarray) -> None:
 
 def test_cameras_that_look_outward_are_refused(capture, tmp_path):
     # the orbit's cameras turned around: their axes still meet, but behind every camera
-    c2w = capture.c2w_opencv_world @ OPENCV_TO_OPENGL
+    c2w = flip_camera_axes(capture.c2w_opencv_world)
     c2w[:, :3, 0] *= -1
     c2w[:, :3, 2] *= -1
     write_transforms(tmp_path, capture, c2w)
@@ -233,7 +234,7 @@ def test_mvsnet_cameras_match_the_scene_and_are_normalised(capture, tmp_path):
     outputs = MVSNetDataParserConfig(data=scene).setup().get_dataparser_outputs("train")
     assert len(outputs.image_filenames) == capture.num_views
     assert all("_masked" not in path.name for path in outputs.image_filenames)
-    expected = (capture.c2w_opencv_world @ OPENCV_TO_OPENGL)[:, :3, :4]
+    expected = (flip_camera_axes(capture.c2w_opencv_world))[:, :3, :4]
     assert np.allclose(outputs.cameras.camera_to_worlds.numpy(), expected, atol=1e-4 * capture.scale_mat[0, 0])
     assert np.allclose(outputs.cameras.fx.numpy(), capture.intrinsics[0, 0], atol=1e-4)
 
@@ -275,7 +276,7 @@ def test_missing_mvsnet_camera_is_named(capture, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["neus-dtu", "volsdf-dtu", "unisurf-dtu", "neus-nerfpp", "volsdf-nerfpp", "neus-fast"])
 def test_every_method_trains_through_blender_data(capture, tmp_path, method):
-    from neurecon_ns.demo import train_short
+    from neurecon_ns.training import train_short
 
     torch.set_num_threads(1)
     overrides = {}

@@ -12,15 +12,17 @@ from neurecon_ns.errors import UserInputError
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig
 from neurecon_ns.mesh.extract import (
     coarse_levels,
-    cull_by_cameras,
     default_coarse_factor,
-    dilate_mask,
-    export_mesh,
     extract_level_set,
     extract_level_set_dense,
     extraction_stats,
-    keep_largest_component,
     mark_cells,
+)
+from neurecon_ns.mesh.postprocess import (
+    cull_by_cameras,
+    dilate_mask,
+    export_mesh,
+    keep_largest_component,
     transform_mesh,
 )
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import trimesh
 
-from neurecon_ns.camera_paths import look_at
+from neurecon_ns.render.camera_paths import look_at
 from neurecon_ns.render.rasterize import MeshRenderer, PinholeCamera, rasterize, raycast_fragments
 
 

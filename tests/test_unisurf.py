@@ -322,15 +322,15 @@ def test_model_with_render_control_survives_deepcopy_and_keeps_state_dict_keys()
 
 SHORT_RUN_STEPS = 300
 CHAMFER_THRESHOLD = 0.05
-"""Measured with `demo.short_run_settings` (interval schedule compressed to the run, logit scale 50): 0.042 (seed 0) and 0.038 (seed 1); against the object scaled by 1.1 the
+"""Measured with `training.short_run_settings` (interval schedule compressed to the run, logit scale 50): 0.042 (seed 0) and 0.038 (seed 1); against the object scaled by 1.1 the
 same meshes are 0.063 and 0.060 away. NeuS on the same scene and budget: 0.052. One pixel at the object is
 about 0.04 in unit-sphere units."""
 
 
 @pytest.mark.slow
 def test_short_unisurf_run_converges_to_the_synthetic_shape(training_scene, tmp_path):
-    from neurecon_ns.demo import train_short
     from neurecon_ns.mesh.evaluate import compare_meshes
+    from neurecon_ns.training import train_short
 
     run = train_short("unisurf-dtu", training_scene.output_dir, tmp_path, SHORT_RUN_STEPS)
     print(f"measured: unisurf-dtu composite Chamfer {run.report.chamfer:.4f}")

@@ -13,8 +13,8 @@ import torch
 import trimesh
 from helpers import bin_path, run_tool
 
-from neurecon_ns.camera_paths import camera_path_dict, make_camera_path, vertical_fov_deg
 from neurecon_ns.errors import UserInputError
+from neurecon_ns.render.camera_paths import camera_path_dict, make_camera_path, vertical_fov_deg
 from neurecon_ns.render.video import check_ffmpeg, load_mesh, read_camera_path, side_by_side
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="videos are written through ffmpeg (apt-get install ffmpeg)")

@@ -418,7 +418,7 @@ def test_neurecon_mesh_extracts_the_volsdf_surface(tiny_volsdf_run, tmp_path):
 # -- convergence of a short CPU training to a known shape -----------------------------------------
 
 SHORT_RUN_STEPS = 500
-# Measured on this scene with `demo.short_run_settings` (mask loss, no scene sphere, beta from 0.03), seed 0,
+# Measured on this scene with `training.short_run_settings` (mask loss, no scene sphere, beta from 0.03), seed 0,
 # 2 threads: Chamfer 0.061 at level 0 and 0.034 at level beta (beta = 0.041 at the end). From the level-0
 # surface, the torus scaled by 1.1 is 0.084 away and the torus turned by 30 degrees 0.095; from the level-beta
 # surface, the torus scaled by 0.9 is 0.043 away and by 1.1 0.051. Each bound sits half way between the truth
@@ -451,9 +451,9 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
     import numpy as np
 
     from neurecon_ns.data import shapes
-    from neurecon_ns.demo import train_short
     from neurecon_ns.mesh.evaluate import compare_meshes
     from neurecon_ns.mesh.extract import extract_level_set
+    from neurecon_ns.training import train_short
 
     run = train_short("volsdf-dtu", torus_scene.output_dir, tmp_path / "outputs", SHORT_RUN_STEPS)
     model = run.trainer.pipeline.model

@@ -47,11 +47,11 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
+from neurecon_ns.data.conventions import flip_camera_axes
 from neurecon_ns.data.neus_dataparser import (
     IMAGE_SUFFIXES,
     common_image_size,
     first_existing,
-    opencv_to_opengl,
     split_indices,
 )
 from neurecon_ns.errors import UserInputError
@@ -135,7 +135,7 @@ class MVSNetDataParser(DataParser):
             c2w_opencv.append(np.linalg.inv(extrinsic))
             intrinsics.append(intrinsic)
         indices = split_indices(len(image_paths), split, self.config.eval_mode, self.config.eval_interval)
-        c2w_opengl = opencv_to_opengl(np.stack(c2w_opencv)[indices])
+        c2w_opengl = flip_camera_axes(np.stack(c2w_opencv)[indices])
         intrinsics_array = np.stack(intrinsics)[indices]
         cameras = Cameras(
             camera_to_worlds=torch.from_numpy(c2w_opengl[:, :3, :4]).float(),

@@ -33,6 +33,7 @@ from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 
+from neurecon_ns.data.conventions import flip_camera_axes
 from neurecon_ns.errors import UserInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
@@ -60,13 +61,6 @@ def decompose_projection(
     c2w[:3, :3] = rotation.T
     c2w[:3, 3] = center
     return intrinsics / intrinsics[2, 2], c2w
-
-
-def opencv_to_opengl(c2w: Float[np.ndarray, "*bs 4 4"]) -> Float[np.ndarray, "*bs 4 4"]:
-    """Camera axes from OpenCV (x right, y down, z forward) to OpenGL (x right, y up, z back)."""
-    c2w = c2w.copy()
-    c2w[..., :3, 1:3] *= -1
-    return c2w
 
 
 def unit_to_data_as_nerfstudio_transform(scale_mat: Float[np.ndarray, "4 4"]) -> Tuple[np.ndarray, float]:
@@ -192,7 +186,7 @@ class NeusDataParser(DataParser):
         intrinsics, c2w_opencv, scale_mat = self._read_cameras(root / self.config.cameras_file, len(image_paths))
 
         indices = split_indices(len(image_paths), split, self.config.eval_mode, self.config.eval_interval)
-        c2w_opengl = opencv_to_opengl(c2w_opencv[indices])
+        c2w_opengl = flip_camera_axes(c2w_opencv[indices])
         cameras = Cameras(
             camera_to_worlds=torch.from_numpy(c2w_opengl[:, :3, :4]).float(),
             fx=torch.from_numpy(intrinsics[indices, 0, 0]).float()[:, None],

@@ -29,6 +29,7 @@ import numpy as np
 from jaxtyping import Bool, Float, UInt8
 from PIL import Image
 
+from neurecon_ns.data.conventions import flip_camera_axes
 from neurecon_ns.data.shapes import DEFAULT_SHAPE, Shape, get_shape, sdf_gradient, surface_mesh
 from neurecon_ns.errors import UserInputError
 
@@ -44,7 +45,6 @@ BLENDER_SCALE = 1.5
 """x_blender = 1.5 x_unit: the object (radius < 0.7) then spans about [-1, 1] and the cameras sit
 3.75 to 4.5 from the origin, as in the Blender scenes nerfstudio's parser expects ([-1.5, 1.5]^3)."""
 
-OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ def _write_blender(
         for position, index in enumerate(indices):
             rgba = np.concatenate([images[index], (masks[index, ..., None] * 255).astype(np.uint8)], -1)
             Image.fromarray(rgba, mode="RGBA").save(blender_dir / split / f"r_{position}.png")
-            c2w_opengl = c2w_opencv_unit[index] @ OPENCV_TO_OPENGL
+            c2w_opengl = flip_camera_axes(c2w_opencv_unit[index])
             c2w_opengl[:3, 3] *= BLENDER_SCALE
             frames.append(
                 {"file_path": f"./{split}/r_{position}", "view_index": index, "transform_matrix": c2w_opengl.tolist()}
@@ -514,7 +514,7 @@ def write_scene(
                 {
                     "file_path": f"image/{index:06d}.png",
                     "mask_path": f"masks/{index:06d}.png",
-                    "transform_matrix": (c2w_opencv_world[index] @ OPENCV_TO_OPENGL).tolist(),
+                    "transform_matrix": flip_camera_axes(c2w_opencv_world[index]).tolist(),
                 }
             )
         transforms = {

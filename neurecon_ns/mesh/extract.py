@@ -49,16 +49,6 @@ from skimage.measure import marching_cubes
 from torch import Tensor
 
 from neurecon_ns.errors import UserInputError
-from neurecon_ns.mesh.postprocess import (  # noqa: F401  (re-exported: the mesh tools' one import point)
-    MESH_SUFFIXES,
-    cull_by_cameras,
-    dilate_mask,
-    export_mesh,
-    keep_largest_component,
-    project_points,
-    transform_mesh,
-    visible_vertices,
-)
 
 LevelFunction = Callable[[Float[Tensor, "num_points 3"]], Float[Tensor, " num_points"]]
 """Maps points (in the box's coordinates) to level-set values, negative inside."""

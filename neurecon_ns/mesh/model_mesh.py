@@ -13,12 +13,12 @@ import trimesh
 from jaxtyping import Float, UInt8
 from PIL import Image
 
+from neurecon_ns.data.conventions import flip_camera_axes
 from neurecon_ns.errors import UserInputError
-from neurecon_ns.mesh.extract import extract_level_set, extract_level_set_dense, progress_bar, transform_mesh
-from neurecon_ns.mesh.postprocess import cull_by_cameras
+from neurecon_ns.mesh.extract import extract_level_set, extract_level_set_dense, progress_bar
+from neurecon_ns.mesh.postprocess import cull_by_cameras, transform_mesh
 from neurecon_ns.mesh.texture import fill_gutters, rasterize_atlas, texel_points, textured_mesh, unwrap
 
-OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 """Right-multiplying a camera-to-world matrix by this flips its y and z axes (OpenGL <-> OpenCV)."""
 
 
@@ -182,7 +182,7 @@ def training_views(dataparser_outputs) -> TrainingViews:
     mask_paths = metadata.get("fg_mask_filenames") or dataparser_outputs.mask_filenames
     return TrainingViews(
         intrinsics=intrinsics,
-        c2w_opencv=c2w @ OPENGL_TO_OPENCV,
+        c2w_opencv=flip_camera_axes(c2w),
         image_sizes=sizes.astype(np.int64),
         mask_paths=[Path(p) for p in mask_paths] if mask_paths else None,
     )

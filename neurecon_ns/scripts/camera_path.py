@@ -14,8 +14,8 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 from rich.console import Console
 
-from neurecon_ns.camera_paths import camera_path_dict, make_camera_path, mean_up, vertical_fov_deg
 from neurecon_ns.errors import UserInputError
+from neurecon_ns.render.camera_paths import camera_path_dict, make_camera_path, mean_up, vertical_fov_deg
 from neurecon_ns.runs import read_run_config
 
 PathKind = Literal["interpolate", "spiral", "small-circle", "great-circle", "spherical-spiral"]

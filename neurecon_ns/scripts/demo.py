@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from neurecon_ns.data.synthetic import CAMERA_DISTANCE_RANGE, intrinsics_matrix, write_scene
-from neurecon_ns.demo import train_short
 from neurecon_ns.errors import UserInputError
-from neurecon_ns.mesh.extract import export_mesh, transform_mesh
+from neurecon_ns.mesh.postprocess import export_mesh, transform_mesh
+from neurecon_ns.training import train_short
 
 
 @dataclass

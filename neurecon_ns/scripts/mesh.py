@@ -12,7 +12,7 @@ from rich.console import Console
 
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.mesh.cleanup import StepReport, fill_holes, remove_small_components, simplify
-from neurecon_ns.mesh.extract import extraction_stats, keep_largest_component, transform_mesh
+from neurecon_ns.mesh.extract import extraction_stats
 from neurecon_ns.mesh.model_mesh import (
     bake_texture,
     cull_to_training_views,
@@ -20,7 +20,7 @@ from neurecon_ns.mesh.model_mesh import (
     training_views,
     vertex_colors,
 )
-from neurecon_ns.mesh.postprocess import check_mesh_path, export_mesh
+from neurecon_ns.mesh.postprocess import check_mesh_path, export_mesh, keep_largest_component, transform_mesh
 from neurecon_ns.mesh.texture import check_textured_path, export_textured_mesh
 
 

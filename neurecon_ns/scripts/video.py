@@ -60,8 +60,8 @@ class Video:
     """Where the model runs."""
 
     def main(self) -> None:
-        from neurecon_ns.mesh.extract import transform_mesh
         from neurecon_ns.mesh.model_mesh import extract_model_surface
+        from neurecon_ns.mesh.postprocess import transform_mesh
         from neurecon_ns.runs import load_run
 
         console = Console()
