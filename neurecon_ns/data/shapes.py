@@ -188,16 +188,6 @@ def scaled(shape: Shape, factor: float) -> Shape:
     )
 
 
-def translated(shape: Shape, offset: Sequence[float]) -> Shape:
-    """The shape moved by `offset`: f_t(x) = f(x - t)."""
-    offset_norm = float(np.linalg.norm(offset))
-    return Shape(
-        f"{shape.name}_shifted",
-        lambda p: shape.sdf_fn(p - _as_like(offset, p)),
-        bounding_radius=shape.bounding_radius + offset_norm,
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Ground-truth surface
 # ---------------------------------------------------------------------------------------------
