@@ -4,7 +4,7 @@ For each method and batch size, a freshly spawned process sets up nerfstudio's t
 default size (only the rays per batch changed) on a synthetic scene, runs one iteration to warm up, then
 measures the next one: on a GPU the peak of `torch.cuda.max_memory_allocated` above what was allocated
 before it, on a CPU the peak resident memory above the resident memory before it (Linux `VmHWM`, reset
-through `/proc/self/clear_refs`), with `keep_freed_host_memory` off so that the warm-up's freed memory is not
+through `/proc/self/clear_refs`), with `trainer.keep_freed_host_memory` off so that the warm-up's freed memory is not
 already resident. Activations kept for the backward pass grow with rays x samples per ray;
 the parameters and optimiser state do not. Prints one table; `docs/benchmarks.md` keeps results.
 
@@ -30,7 +30,7 @@ def _measure_in_child(method: str, rays: int, scene: Path, device: str, threads:
 
     torch.set_num_threads(threads)
     # kept freed memory would make the step's peak look free: it would already be resident before the step
-    settings = ["keep_freed_host_memory=False"]
+    settings = ["trainer.keep_freed_host_memory=False"]
     trainer, _ = build_trainer(method, scene, scene.parent / "outputs", device, rays_per_batch=rays, settings=settings)
     run_iteration(trainer, 0)
     if device.startswith("cuda"):

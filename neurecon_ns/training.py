@@ -110,8 +110,11 @@ def small_cpu_config(
 
 
 def set_model_setting(config: TrainerConfig, name: str, value) -> None:
-    """Set a model setting by dotted name, e.g. `sampler.num_uniform`, as `--pipeline.model.<name>` would."""
+    """Set a model setting by dotted name, e.g. `sampler.num_uniform`, as `--pipeline.model.<name>` would; a name
+    that starts with `trainer.` sets the trainer's own setting (`trainer.keep_freed_host_memory`)."""
     target = config.pipeline.model
+    if name.startswith("trainer."):
+        target, name = config, name[len("trainer."):]
     *path, last = name.split(".")
     for part in path:
         target = getattr(target, part)

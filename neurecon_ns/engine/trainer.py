@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from neurecon_ns.errors import UserInputError
+from neurecon_ns.utils.host_memory import keep_freed_host_memory
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.ckpt$")
 
@@ -49,6 +50,11 @@ class SurfaceTrainerConfig(TrainerConfig):
     """nerfstudio's training settings; `--load-dir` resumes to the same final step as an uninterrupted run."""
 
     _target: Type = field(default_factory=lambda: SurfaceTrainer)
+    keep_freed_host_memory: bool = True
+    """On a CPU, tell this process's C library (glibc's malloc; nothing happens elsewhere) to keep freed memory for
+    the next step instead of unmapping every large tensor when it is freed and faulting its pages in again: a
+    process-wide change, made when training is set up (docs/speed.md has what it saves). Resident memory then
+    stays at its peak."""
 
 
 class SurfaceTrainer(Trainer):
@@ -67,6 +73,8 @@ class SurfaceTrainer(Trainer):
     # -- set-up -------------------------------------------------------------------------------------
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        if self.device == "cpu" and self.config.keep_freed_host_memory:
+            keep_freed_host_memory()
         wrap_on_cpu = self.world_size > 1 and self.device == "cpu"
         if not wrap_on_cpu:
             super().setup(test_mode)

@@ -39,7 +39,6 @@ from neurecon_ns.model_components.colliders import SphereChordCollider, UnitSphe
 from neurecon_ns.model_components.occupancy_grid import SurfaceOccupancyGrid
 from neurecon_ns.model_components.root_finding import find_first_root, sphere_trace
 from neurecon_ns.utils.accelerator import at_least_float32, full_precision
-from neurecon_ns.utils.host_memory import keep_freed_host_memory
 
 RENDER_MODES = ("volume", "surface")
 """What `render_mode` may be."""
@@ -113,10 +112,6 @@ class SurfaceModelConfig(ModelConfig):
     unresolved (UNISURF searches with its sampler's settings)."""
     root_secant_steps: int = 8
     """Surface mode, SDF methods: secant refinements of that root search."""
-    keep_freed_host_memory: bool = True
-    """Keep freed host memory in the process for the next step (glibc's malloc on Linux; nothing elsewhere)
-    instead of unmapping every large tensor when it is freed and faulting its pages in again: it took 40% off the
-    paper-size NeuS step on a CPU (docs/speed.md). Resident memory then stays at its peak."""
 
 
 class SurfaceModel(Model):
@@ -126,8 +121,6 @@ class SurfaceModel(Model):
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        if self.config.keep_freed_host_memory:
-            keep_freed_host_memory()
         self.field = self.config.networks.setup()
         self.collider = UnitSphereCollider(radius=self.config.sphere_radius, near_plane=self.config.near_plane)
         if self.config.background_model == "nerfpp":
