@@ -1,8 +1,11 @@
-"""Every method of the plugin, with its defaults side by side.
+"""Every method of the plugin, side by side: what each one sets.
 
-Registered with nerfstudio through the `nerfstudio.method_configs` entry points in
-`pyproject.toml`; `ns-train <name> --help` lists every setting. Names are distinct from
-nerfstudio's own (`neus`, `neus-facto`) because a plugin silently replaces a built-in of the same name.
+The papers' values are the defaults of the plugin's own configs (`NeuSModelConfig`, `VolSDFModelConfig`,
+`UnisurfModelConfig`, their samplers', the networks'), each written once there; a method here sets only what
+differs from them, and every setting of nerfstudio's own configs (rays per batch, optimisers, schedules) in
+full. Registered with nerfstudio through the `nerfstudio.method_configs` entry points in `pyproject.toml`;
+`ns-train <name> --help` lists every setting with its value. Names are distinct from nerfstudio's own (`neus`,
+`neus-facto`) because a plugin silently replaces a built-in of the same name.
 """
 
 from __future__ import annotations
@@ -20,10 +23,8 @@ from nerfstudio.plugins.types import MethodSpecification
 from neurecon_ns.data.datamanager import SurfaceDataManagerConfig
 from neurecon_ns.data.neus_dataparser import NeusDataParserConfig
 from neurecon_ns.engine.trainer import SurfaceTrainerConfig
-from neurecon_ns.fields.background import BackgroundFieldConfig
-from neurecon_ns.fields.hash_encoding import HashGridConfig
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, RadianceNetworkConfig, SurfaceFieldConfig
-from neurecon_ns.model_components.samplers import ErrorBoundedSamplerConfig, NeuSSamplerConfig, UnisurfSamplerConfig
+from neurecon_ns.model_components.samplers import NeuSSamplerConfig
 from neurecon_ns.models.neus import NeuSModelConfig
 from neurecon_ns.models.unisurf import UnisurfModelConfig
 from neurecon_ns.models.volsdf import VolSDFModelConfig
@@ -74,14 +75,7 @@ neus_dtu = MethodSpecification(
                 train_num_rays_per_batch=512,
                 eval_num_rays_per_batch=512,
             ),
-            model=NeuSModelConfig(
-                sampler=NeuSSamplerConfig(num_uniform=64, num_importance=64, num_upsample_steps=4),
-                eikonal_loss_weight=0.1,
-                mask_loss_weight=0.1,
-                background_color="black",
-                cos_anneal_end=50000,
-                eval_num_rays_per_chunk=1024,
-            ),
+            model=NeuSModelConfig(mask_loss_weight=0.1, eval_num_rays_per_chunk=1024),
         ),
         optimizers=neus_paper_optimizers(),
     ),
@@ -99,24 +93,7 @@ unisurf_dtu = MethodSpecification(
                 train_num_rays_per_batch=1024,
                 eval_num_rays_per_batch=1024,
             ),
-            model=UnisurfModelConfig(
-                sampler=UnisurfSamplerConfig(
-                    num_search_steps=256,
-                    num_secant_steps=8,
-                    num_interval=64,
-                    num_free_space=32,
-                    interval_max=1.0,
-                    interval_min=0.05,
-                    interval_decay=1.5e-5,
-                ),
-                logit_scale=10.0,
-                eikonal_loss_weight=0.0,
-                mask_loss_weight=0.0,
-                normal_smoothness_loss_weight=0.005,
-                normal_perturbation=0.01,
-                background_color="black",
-                eval_num_rays_per_chunk=1024,
-            ),
+            model=UnisurfModelConfig(eval_num_rays_per_chunk=1024),
         ),
         optimizers={
             "fields": {
@@ -140,27 +117,7 @@ volsdf_dtu = MethodSpecification(
                 train_num_rays_per_batch=1024,
                 eval_num_rays_per_batch=1024,
             ),
-            model=VolSDFModelConfig(
-                sampler=ErrorBoundedSamplerConfig(
-                    num_initial_samples=128,
-                    num_samples_per_iteration=128,
-                    max_iterations=5,
-                    eps=0.1,
-                    num_bisection_steps=10,
-                    num_final_samples=64,
-                    num_coarse_kept=32,
-                ),
-                init_beta=0.1,
-                beta_min=1e-4,
-                scene_sphere_background=True,
-                scene_sphere_radius=3.0,
-                eikonal_loss_weight=0.1,
-                eikonal_radius=3.0,
-                num_eikonal_uniform_points=1024,
-                mask_loss_weight=0.0,
-                background_color="black",
-                eval_num_rays_per_chunk=1024,
-            ),
+            model=VolSDFModelConfig(eikonal_radius=3.0, eval_num_rays_per_chunk=1024),
         ),
         optimizers={
             "fields": {
@@ -189,18 +146,7 @@ neus_nerfpp = MethodSpecification(
                 train_num_rays_per_batch=512,
                 eval_num_rays_per_batch=512,
             ),
-            model=NeuSModelConfig(
-                sampler=NeuSSamplerConfig(num_uniform=64, num_importance=64, num_upsample_steps=4),
-                background_model="nerfpp",
-                background_network=BackgroundFieldConfig(
-                    num_layers=8, hidden_dim=256, skip_layers=(4,), num_frequencies=10, num_direction_frequencies=4
-                ),
-                num_background_samples=32,
-                eikonal_loss_weight=0.1,
-                mask_loss_weight=0.0,
-                cos_anneal_end=50000,
-                eval_num_rays_per_chunk=1024,
-            ),
+            model=NeuSModelConfig(background_model="nerfpp", eval_num_rays_per_chunk=1024),
         ),
         optimizers=neus_paper_optimizers(),
     ),
@@ -219,27 +165,9 @@ volsdf_nerfpp = MethodSpecification(
                 eval_num_rays_per_batch=1024,
             ),
             model=VolSDFModelConfig(
-                sampler=ErrorBoundedSamplerConfig(
-                    num_initial_samples=128,
-                    num_samples_per_iteration=128,
-                    max_iterations=5,
-                    eps=0.1,
-                    num_bisection_steps=10,
-                    num_final_samples=64,
-                    num_coarse_kept=32,
-                ),
-                init_beta=0.1,
-                beta_min=1e-4,
                 # the NeRF++ background replaces the scene sphere: rays must leave the unit sphere transparent
                 scene_sphere_background=False,
                 background_model="nerfpp",
-                background_network=BackgroundFieldConfig(
-                    num_layers=8, hidden_dim=256, skip_layers=(4,), num_frequencies=10, num_direction_frequencies=4
-                ),
-                num_background_samples=32,
-                eikonal_loss_weight=0.1,
-                num_eikonal_uniform_points=1024,
-                mask_loss_weight=0.0,
                 eval_num_rays_per_chunk=1024,
             ),
         ),
@@ -269,15 +197,6 @@ neus_fast = MethodSpecification(
                 networks=SurfaceFieldConfig(
                     geometry=GeometryNetworkConfig(
                         encoding="hash",
-                        hash_grid=HashGridConfig(
-                            num_levels=16,
-                            features_per_level=2,
-                            log2_hashmap_size=19,
-                            min_resolution=16,
-                            max_resolution=2048,
-                            initial_levels=4,
-                            steps_per_level=500,
-                        ),
                         num_layers=2,
                         hidden_dim=64,
                         skip_layers=(),
@@ -289,12 +208,8 @@ neus_fast = MethodSpecification(
                 ),
                 sampler=NeuSSamplerConfig(num_uniform=32, num_importance=32, num_upsample_steps=2),
                 occupancy_grid=True,
-                occupancy_grid_resolution=64,
-                eikonal_loss_weight=0.1,
                 mask_loss_weight=0.1,
-                background_color="black",
                 cos_anneal_end=2000,
-                eval_num_rays_per_chunk=4096,
             ),
         ),
         optimizers={

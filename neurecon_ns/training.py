@@ -34,6 +34,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from neurecon_ns.mesh.evaluate import GeometryReport, compare_meshes
 from neurecon_ns.mesh.model_mesh import extract_model_surface
 from neurecon_ns.mesh.postprocess import transform_mesh
+from neurecon_ns.model_components.samplers import ErrorBoundedSamplerConfig, NeuSSamplerConfig, UnisurfSamplerConfig
 
 
 def method_config(method_name: str) -> TrainerConfig:
@@ -104,9 +105,23 @@ def small_cpu_config(
         radiance.hidden_dim = hidden_dim
         radiance.num_layers = 2
     model.eval_num_rays_per_chunk = 4096
-    _shrink_sampler(model)
+    model.sampler = dataclasses.replace(model.sampler, **CPU_SAMPLERS[type(model.sampler)])
     _fit_schedules(config, steps)
     return config
+
+
+CPU_SAMPLERS = {
+    NeuSSamplerConfig: {"num_uniform": 32, "num_importance": 32, "num_upsample_steps": 2},
+    UnisurfSamplerConfig: {"num_search_steps": 128, "num_interval": 32, "num_free_space": 16},
+    ErrorBoundedSamplerConfig: {
+        "num_initial_samples": 64,
+        "num_samples_per_iteration": 32,
+        "max_iterations": 3,
+        "num_final_samples": 32,
+        "num_coarse_kept": 16,
+    },
+}
+"""Each paper's sampler at the CPU size: about half the samples per ray of its defaults."""
 
 
 def set_model_setting(config: TrainerConfig, name: str, value) -> None:
@@ -147,27 +162,6 @@ def _shrink_hash_grid(grid, steps: int) -> None:
     grid.initial_levels = min(grid.initial_levels, grid.num_levels)
     if grid.steps_per_level > 0:
         grid.steps_per_level = max(1, steps // (2 * max(grid.num_levels - grid.initial_levels, 1)))
-
-
-def _shrink_sampler(model) -> None:
-    """Halve the samples per ray of samplers that have these settings (NeuS's, UNISURF's, then VolSDF's)."""
-    sampler = getattr(model, "sampler", None)
-    smaller = (
-        ("num_uniform", 32),
-        ("num_importance", 32),
-        ("num_upsample_steps", 2),
-        ("num_search_steps", 128),
-        ("num_interval", 32),
-        ("num_free_space", 16),
-        ("num_initial_samples", 64),
-        ("num_samples_per_iteration", 32),
-        ("max_iterations", 3),
-        ("num_final_samples", 32),
-        ("num_coarse_kept", 16),
-    )
-    for name, value in smaller:
-        if sampler is not None and hasattr(sampler, name):
-            setattr(sampler, name, value)
 
 
 def _fit_schedules(config: TrainerConfig, steps: int) -> None:
