@@ -10,6 +10,7 @@ the parameters and optimiser state do not. Prints one table; `docs/benchmarks.md
 
     python benchmarks/memory.py                                           # neus-dtu and neus-fast, 256-1024 rays
     python benchmarks/memory.py --methods volsdf-dtu unisurf-dtu --rays 512 1024 2048 --device cuda
+    python benchmarks/memory.py --methods neus-dtu --set networks.geometry.implementation=reference
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ import argparse
 import multiprocessing
 import tempfile
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 from mesh_extraction import resident_kib  # this folder is on sys.path when a script here runs
 from training_throughput import build_trainer
 
 
-def _measure_in_child(method: str, rays: int, scene: Path, device: str, threads: int, queue) -> None:
+def _measure_in_child(method: str, rays: int, scene: Path, device: str, threads: int, extra: list, queue) -> None:
     from neurecon_ns.training import run_iteration
 
     torch.set_num_threads(threads)
     # kept freed memory would make the step's peak look free: it would already be resident before the step
-    settings = ["trainer.keep_freed_host_memory=False"]
+    settings = ["trainer.keep_freed_host_memory=False", *extra]
     trainer, _ = build_trainer(method, scene, scene.parent / "outputs", device, rays_per_batch=rays, settings=settings)
     run_iteration(trainer, 0)
     if device.startswith("cuda"):
@@ -48,10 +49,12 @@ def _measure_in_child(method: str, rays: int, scene: Path, device: str, threads:
     queue.put({"method": method, "rays": rays, "peak_mib": peak_mib})
 
 
-def measure(method: str, rays: int, scene: Path, device: str) -> Dict:
+def measure(method: str, rays: int, scene: Path, device: str, settings: Sequence[str] = ()) -> Dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_measure_in_child, args=(method, rays, scene, device, torch.get_num_threads(), queue))
+    child = context.Process(
+        target=_measure_in_child, args=(method, rays, scene, device, torch.get_num_threads(), list(settings), queue)
+    )
     child.start()
     result = queue.get()
     child.join()
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["neus-dtu", "neus-fast"])
     parser.add_argument("--rays", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="model settings by dotted name, e.g. networks.geometry.implementation=reference")
     args = parser.parse_args()
 
     from neurecon_ns.data.synthetic import write_scene
@@ -74,7 +79,7 @@ def main() -> None:
         print(f"{'method':<14}{'rays':>7}{'MiB':>9}{'KiB/ray':>9}")
         for method in args.methods:
             for rays in args.rays:
-                result = measure(method, rays, scene, args.device)
+                result = measure(method, rays, scene, args.device, args.set)
                 print(f"{method:<14}{rays:>7}{result['peak_mib']:>9.0f}{result['peak_mib'] * 1024 / rays:>9.0f}", flush=True)
 
 

@@ -92,8 +92,7 @@ def small_cpu_config(
         # the grid holds the detail and the MLPs are already small: only the grid shrinks
         _shrink_hash_grid(geometry.hash_grid, steps)
         geometry.hash_grid.implementation = "torch"
-        # on a CPU the torch grid's gradient in closed form makes a step cost a third of one with the 7-point
-        # central differences, and three quarters of one with autograd's double backward (docs/speed.md)
+        # on a CPU the torch grid's closed-form gradient is the cheapest of the three (docs/speed.md has the times)
         model.networks.gradient = "analytic"
         model.occupancy_grid_resolution = min(model.occupancy_grid_resolution, 48)
     else:
