@@ -361,10 +361,26 @@ class SurfaceModel(Model):
             return None
         return mask.to(self.device).float()
 
-    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
-        metrics_dict: Dict[str, Tensor] = {}
+    def target_rgb(self, batch: Dict[str, Tensor]) -> Tuple[Float[Tensor, "*bs 3"], Optional[Float[Tensor, "*bs 1"]]]:
+        """The photograph as the model is asked to render it, and the mask if the data has one. With a mask loss the
+        model explains only the object, so the target is the object on the model's background colour; otherwise
+        the photograph itself."""
         gt_rgb = batch["image"].to(self.device)[..., :3]
-        metrics_dict["psnr"] = -10.0 * torch.log10(F.mse_loss(outputs["rgb"], gt_rgb))
+        fg_mask = self.foreground_mask(batch)
+        if fg_mask is not None and self.config.mask_loss_weight > 0:
+            gt_rgb = gt_rgb * fg_mask + (1.0 - fg_mask) * self.background_rgb_constant()
+        return gt_rgb, fg_mask
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        """`psnr` of the batch's rays against `target_rgb` and, with masks, `psnr_masked` over the rays inside the
+        mask alone (a weighted mean, not a selection: no host sync)."""
+        metrics_dict: Dict[str, Tensor] = {}
+        gt_rgb, fg_mask = self.target_rgb(batch)
+        squared_error = (outputs["rgb"].detach() - gt_rgb) ** 2
+        metrics_dict["psnr"] = -10.0 * torch.log10(squared_error.mean().clamp(min=1e-10))
+        if fg_mask is not None:
+            inside_error = (squared_error * fg_mask).sum() / (3.0 * fg_mask.sum()).clamp(min=1.0)
+            metrics_dict["psnr_masked"] = -10.0 * torch.log10(inside_error.clamp(min=1e-10))
         if self.training:
             metrics_dict["eikonal"] = self.eikonal_loss(outputs).detach()
             self.camera_optimizer.get_metrics_dict(metrics_dict)
@@ -388,12 +404,8 @@ class SurfaceModel(Model):
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-        gt_rgb = batch["image"].to(self.device)[..., :3]
+        gt_rgb, fg_mask = self.target_rgb(batch)
         predicted_rgb = outputs["rgb"]
-        fg_mask = self.foreground_mask(batch)
-        if fg_mask is not None and self.config.mask_loss_weight > 0:
-            # the model only explains the object: compare against the object on the background colour
-            gt_rgb = gt_rgb * fg_mask + (1.0 - fg_mask) * self.background_rgb_constant()
         gt_chw = torch.moveaxis(gt_rgb, -1, 0)[None]
         pred_chw = torch.moveaxis(predicted_rgb, -1, 0)[None].clamp(0.0, 1.0)
         metrics: Dict[str, float] = {
