@@ -60,8 +60,8 @@ def small_cpu_config(
 ) -> TrainerConfig:
     """The method shrunk for a CPU: small networks, fewer rays, schedule fitted to `steps`.
 
-    `rays_per_batch` defaults to 256, or 512 for hash-grid methods: each cell of a grid is trained only by
-    the rays that pass through it, so a grid needs more rays per step than an MLP to see every cell.
+    Hash-grid methods take their CPU size (`fit_hash_grid_method_to_cpu`: 512 rays); the others small MLPs
+    (`hidden_dim` x `num_layers`) and 256 rays. `rays_per_batch` overrides either.
     """
     config = copy.deepcopy(config)
     config.machine.device_type = "cpu"
@@ -78,24 +78,12 @@ def small_cpu_config(
     config.logging.local_writer.enable = False
     config.data = Path(data)
 
-    model = config.pipeline.model
-    geometry = model.networks.geometry
-    uses_hash_grid = geometry.encoding == "hash"
-    datamanager = config.pipeline.datamanager
-    datamanager.data = Path(data)
-    if rays_per_batch is None:
-        rays_per_batch = 512 if uses_hash_grid else 256
-    datamanager.train_num_rays_per_batch = rays_per_batch
-    datamanager.eval_num_rays_per_batch = rays_per_batch
-
-    if uses_hash_grid:
-        # the grid holds the detail and the MLPs are already small: only the grid shrinks
-        _shrink_hash_grid(geometry.hash_grid, steps)
-        geometry.hash_grid.implementation = "torch"
-        # on a CPU the torch grid's closed-form gradient is the cheapest of the three (docs/speed.md has the times)
-        model.networks.gradient = "analytic"
-        model.occupancy_grid_resolution = min(model.occupancy_grid_resolution, 48)
+    config.pipeline.datamanager.data = Path(data)
+    if has_hash_grid(config):
+        fit_hash_grid_method_to_cpu(config, steps)
     else:
+        model = config.pipeline.model
+        geometry = model.networks.geometry
         geometry.hidden_dim = hidden_dim
         geometry.num_layers = num_layers
         geometry.skip_layers = (num_layers // 2,) if num_layers >= 4 else ()
@@ -103,10 +91,45 @@ def small_cpu_config(
         radiance = model.networks.radiance
         radiance.hidden_dim = hidden_dim
         radiance.num_layers = 2
+        _fit_common_to_cpu(config, steps, rays_per_batch=256)
+    if rays_per_batch is not None:
+        config.pipeline.datamanager.train_num_rays_per_batch = rays_per_batch
+        config.pipeline.datamanager.eval_num_rays_per_batch = rays_per_batch
+    return config
+
+
+def has_hash_grid(config: TrainerConfig) -> bool:
+    """Whether the method's geometry network is on the hash grid (the fast preset)."""
+    return config.pipeline.model.networks.geometry.encoding == "hash"
+
+
+def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
+    """The CPU size of a hash-grid method, in place: the grid shrunk (the MLPs are already small), the torch grid
+    with its closed-form SDF gradient, a 48^3 occupancy grid, 512 rays, the CPU size of the sampler, and every
+    schedule fitted to `steps`. `ns-train neus-fast --machine.device-type cpu` trains at this size
+    (`SurfaceTrainerConfig.cpu_size`), and so do `neurecon demo` and the benchmarks.
+
+    512 rays: each cell of a grid is trained only by the rays that pass through it, so a grid needs more rays
+    per step than an MLP to see every cell."""
+    model = config.pipeline.model
+    grid = model.networks.geometry.hash_grid
+    _shrink_hash_grid(grid, steps)
+    grid.implementation = "torch"
+    # on a CPU the torch grid's closed-form gradient is the cheapest of the three (docs/speed.md has the times)
+    model.networks.gradient = "analytic"
+    model.occupancy_grid_resolution = min(model.occupancy_grid_resolution, 48)
+    _fit_common_to_cpu(config, steps, rays_per_batch=512)
+
+
+def _fit_common_to_cpu(config: TrainerConfig, steps: int, rays_per_batch: int) -> None:
+    """What every method's CPU size shares: the rays per batch, the sampler's CPU size, render chunks, schedules."""
+    datamanager = config.pipeline.datamanager
+    datamanager.train_num_rays_per_batch = rays_per_batch
+    datamanager.eval_num_rays_per_batch = rays_per_batch
+    model = config.pipeline.model
     model.eval_num_rays_per_chunk = 4096
     model.sampler = dataclasses.replace(model.sampler, **CPU_SAMPLERS[type(model.sampler)])
     _fit_schedules(config, steps)
-    return config
 
 
 CPU_SAMPLERS = {

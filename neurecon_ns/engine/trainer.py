@@ -21,6 +21,8 @@ Every method of the plugin trains with `SurfaceTrainer` (`methods.py`); the loop
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import os
 import random
@@ -55,6 +57,46 @@ class SurfaceTrainerConfig(TrainerConfig):
     the next step instead of unmapping every large tensor when it is freed and faulting its pages in again: a
     process-wide change, made when training is set up (docs/speed.md has what it saves). Resident memory then
     stays at its peak."""
+    cpu_size: bool = True
+    """A hash-grid method (`neus-fast`) set up with `--machine.device-type cpu` trains at its CPU size: the grid
+    shrunk to 8 levels up to 256, 512 rays, the closed-form SDF gradient of the torch grid, schedules fitted to
+    `--max-num-iterations` (`training.fit_hash_grid_method_to_cpu`). False keeps the GPU size."""
+
+    def __post_init__(self) -> None:
+        """Settles the CPU size once the command line is read, before nerfstudio saves config.yml, so that the
+        saved config is the model that trains (ns-viewer, ns-render and `neurecon mesh` rebuild it from there).
+        A setting given on the command line is kept: the CPU size replaces only the values that are still the
+        registered method's."""
+        from neurecon_ns.training import fit_hash_grid_method_to_cpu, has_hash_grid
+
+        if not (self.cpu_size and self.machine.device_type == "cpu" and has_hash_grid(self)):
+            return
+        from nerfstudio.configs.method_configs import all_methods
+
+        fitted = copy.deepcopy(self)
+        fit_hash_grid_method_to_cpu(fitted, self.max_num_iterations)
+        preset = all_methods.get(self.method_name, self)
+        self.pipeline = merge_unchanged(copy.deepcopy(self.pipeline), fitted.pipeline, preset.pipeline)
+        self.optimizers = merge_unchanged(copy.deepcopy(self.optimizers), fitted.optimizers, preset.optimizers)
+        CONSOLE.print(
+            f"{self.method_name} on a CPU: training at the CPU size (8-level grid up to 256 cells, 512 rays, "
+            f"closed-form SDF gradient, schedules over {self.max_num_iterations} steps); pass --cpu-size False "
+            "to keep the GPU size."
+        )
+
+
+def merge_unchanged(given, fitted, preset):
+    """`fitted`'s value wherever `given` still holds `preset`'s, `given`'s elsewhere, leaf by leaf through
+    dataclasses and dicts (`given` is updated in place where it is a dataclass)."""
+    if dataclasses.is_dataclass(given) and not isinstance(given, type) and type(fitted) is type(given) is type(preset):
+        for config_field in dataclasses.fields(given):
+            name = config_field.name
+            setattr(given, name, merge_unchanged(getattr(given, name), getattr(fitted, name), getattr(preset, name)))
+        return given
+    if isinstance(given, dict) and isinstance(fitted, dict) and isinstance(preset, dict):
+        return {key: merge_unchanged(value, fitted[key], preset.get(key, value)) if key in fitted else value
+                for key, value in given.items()}
+    return fitted if given == preset else given
 
 
 class SurfaceTrainer(Trainer):

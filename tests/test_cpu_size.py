@@ -1,0 +1,50 @@
+"""`ns-train neus-fast --machine.device-type cpu` trains at the CPU size, says so in one line, and saves that size in
+config.yml; `--cpu-size False` keeps the GPU size; a GPU run is untouched."""
+
+import dataclasses
+
+import yaml
+from nerfstudio.configs.base_config import MachineConfig
+
+from neurecon_ns.training import method_config
+
+
+def test_cpu_size_is_chosen_on_a_cpu_only_and_can_be_declined():
+    registered = method_config("neus-fast")
+    on_cpu = dataclasses.replace(registered, machine=MachineConfig(device_type="cpu"), max_num_iterations=2400)
+    grid = on_cpu.pipeline.model.networks.geometry.hash_grid
+    assert (grid.num_levels, grid.max_resolution, grid.implementation) == (8, 256, "torch")
+    assert on_cpu.pipeline.datamanager.train_num_rays_per_batch == 512
+    assert on_cpu.pipeline.model.networks.gradient == "analytic"
+    assert on_cpu.optimizers["fields"]["scheduler"].max_steps == 2400
+    assert registered.pipeline.model.networks.geometry.hash_grid.num_levels == 16, "the registered method is left as it is"
+
+    kept = dataclasses.replace(registered, machine=MachineConfig(device_type="cpu"), cpu_size=False)
+    on_gpu = dataclasses.replace(registered, machine=MachineConfig(device_type="cuda"))
+    for config in (kept, on_gpu):
+        assert config.pipeline.model.networks.geometry.hash_grid.num_levels == 16
+        assert config.pipeline.datamanager.train_num_rays_per_batch == 2048
+    paper = dataclasses.replace(method_config("neus-dtu"), machine=MachineConfig(device_type="cpu"))
+    assert paper.pipeline.model.networks.geometry.hidden_dim == 256, "the paper methods keep their size on a CPU"
+
+
+def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys):
+    """The config `ns-train neus-fast --machine.device-type cpu ...` parses (ns-train's own tyro parse), as
+    nerfstudio then saves it to config.yml."""
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    args = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "2400", "--output-dir", str(tmp_path)]
+    config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
+    assert "neus-fast on a CPU: training at the CPU size" in capsys.readouterr().out
+    config.set_timestamp()
+    config.save_config()
+    saved = yaml.load((config.get_base_dir() / "config.yml").read_text(), Loader=yaml.Loader)
+    assert saved.pipeline.model.networks.geometry.hash_grid.num_levels == 8
+    assert saved.pipeline.datamanager.train_num_rays_per_batch == 512
+    declined = tyro.cli(AnnotatedBaseConfigUnion, args=[*args, "--cpu-size", "False"])
+    assert declined.pipeline.model.networks.geometry.hash_grid.num_levels == 16
+    # what the command line sets is kept; the rest of the CPU size applies
+    own_rays = tyro.cli(AnnotatedBaseConfigUnion, args=[*args, "--pipeline.datamanager.train-num-rays-per-batch", "128"])
+    assert own_rays.pipeline.datamanager.train_num_rays_per_batch == 128
+    assert own_rays.pipeline.model.networks.geometry.hash_grid.num_levels == 8
