@@ -436,11 +436,10 @@ class SurfaceField(nn.Module):
             if self._compile_failed:
                 return eager(*args)
             try:
-                outputs = compiled(*args)
                 if name not in self._backward_compiled and torch.is_grad_enabled():
-                    self._compile_backward(outputs)
+                    self._compile_backward(compiled, args)
                     self._backward_compiled.add(name)
-                return outputs
+                return compiled(*args)
             except Exception as error:  # no C++ compiler, no Triton, an unsupported operator: run eagerly
                 if is_out_of_memory(error):
                     raise  # not a compiler's failure: eager would need the memory too
@@ -455,15 +454,18 @@ class SurfaceField(nn.Module):
 
         return guarded
 
-    def _compile_backward(self, outputs) -> None:
-        """Run the compiled pass's backward once, here: Inductor compiles it lazily at the first `backward()`,
-        which would be outside the guard that falls back to eager. The parameters' `.grad` is left untouched."""
+    def _compile_backward(self, compiled: Callable, args: tuple) -> None:
+        """Run the compiled pass and its backward once, here, on a graph of their own: Inductor compiles the
+        backward lazily at the first `backward()`, which would be outside the guard that falls back to eager (and
+        the closed-form node's backward frees what its forward kept, so the caller's graph could not be used for
+        it). The parameters' `.grad` is left untouched."""
+        outputs = compiled(*args)
         tensors = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         differentiable = [tensor for tensor in tensors if isinstance(tensor, Tensor) and tensor.requires_grad]
         parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
         if differentiable and parameters:
             total = sum(tensor.float().sum() for tensor in differentiable)
-            torch.autograd.grad(total, parameters, retain_graph=True, allow_unused=True)
+            torch.autograd.grad(total, parameters, allow_unused=True)
 
     def _level_value_and_numerical_gradient(
         self, points: Float[Tensor, "*bs 3"], keep_graph: bool
