@@ -38,8 +38,7 @@ def test_a_freed_large_tensor_is_reused_without_page_faults():
     assert kept < by_default / 20
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_only_the_trainer_changes_the_process_malloc_and_only_when_asked(keep, small_scene, tmp_path, monkeypatch):
+def test_only_the_trainer_changes_the_process_malloc(small_scene, tmp_path, monkeypatch):
     """A process-wide change belongs to the process that trains: building a model (a library embedding it) leaves
     malloc alone; `SurfaceTrainer.setup` on a CPU applies `trainer.keep_freed_host_memory`."""
     import neurecon_ns.engine.trainer as trainer_module
@@ -50,6 +49,5 @@ def test_only_the_trainer_changes_the_process_malloc_and_only_when_asked(keep, s
     config = small_cpu_config(method_config("neus-dtu"), small_scene.output_dir, tmp_path, 10, hidden_dim=16, num_layers=2)
     config.pipeline.model.setup(scene_box=None, num_train_data=4)
     assert calls == []
-    config.keep_freed_host_memory = keep
     setup_trainer(config)
-    assert calls == ([True] if keep else [])
+    assert calls == [True]
