@@ -28,6 +28,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from neurecon_ns.utils.accelerator import autocast_enabled
+
 REFUSED_UNDER_CUDA_AUTOCAST = {F.binary_cross_entropy}
 """Functions CUDA's autocast raises on (in half precision the loss of a probability near 0 or 1 is lost); their
 logits form is safe."""
@@ -68,7 +70,7 @@ class CudaAutocastRules(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if torch.is_autocast_enabled("cpu"):
+        if autocast_enabled("cpu"):
             if func in REFUSED_UNDER_CUDA_AUTOCAST:
                 raise RuntimeError(
                     f"{func.__name__} is unsafe to autocast (CUDA's autocast refuses it): use its logits form, "
