@@ -6,11 +6,16 @@ prints the seconds and the distances between the two meshes (Chamfer = mean of b
 distance, Hausdorff = the larger of both directions' maximum, from `--num-points` points sampled on each
 surface to the other's triangles).
 
-`bake --load-config RUN`: the run's surface extracted (`--resolution`), culled by the training views, its small
-components removed, decimated to `--target-faces`, then unwrapped and baked at `--texture-size`; prints the
-seconds of each stage. Then, for every `--view-stride`-th training view, the textured mesh rendered by
-`render.rasterize` (bilinear texture lookup) and the model's own volume render at the same resolution, each
-compared with the photograph inside its mask (PSNR).
+`bake --load-config RUN`: the run's surface extracted (`--resolution`), its small components removed, decimated
+to `--target-faces`, then unwrapped and baked at `--texture-size`; with `--cull-unseen` the same again for the
+surface first culled by the training views and masks (as `neurecon mesh --cull-unseen`, masks grown by
+`--mask-dilation-px`); prints the seconds of each stage. Then, for every `--view-stride`-th training view, four
+images compared with the photograph inside its mask (PSNR): the model's volume render; the mesh rendered by
+`render.rasterize` with the radiance network queried at each pixel's surface point along the pixel's ray (the
+most a surface colour can give); the same with the network seen as the bake sees it (head-on, or from the
+training camera nearest to head-on: both are baked); and the textured mesh (bilinear texture lookup). Volume to
+along-rays is the cost of the surface (its shape and holes), along-rays to as-baked the cost of freezing
+view-dependent colour, as-baked to texture the cost of the bake itself.
 
     python benchmarks/mesh_products.py simplify
     python benchmarks/mesh_products.py bake --load-config outputs/.../config.yml --texture-size 2048
@@ -63,9 +68,29 @@ def psnr_in_mask(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> 
     return -10.0 * math.log10(max(mse, 1e-12))
 
 
+def textured_product(model, mesh, args, label: str, camera_centers=None):
+    """Small components removed, decimated and baked; prints each step and the seconds of each stage."""
+    from neurecon_ns.mesh.model_mesh import bake_texture
+    from neurecon_ns.mesh.texture import export_textured_mesh
+
+    started = time.perf_counter()
+    if args.min_component_fraction > 0:
+        mesh, components = remove_small_components(mesh, args.min_component_fraction)
+        print(f"[{label}] {components.line()}")
+    mesh, simplified = simplify(mesh, args.target_faces)
+    print(f"[{label}] {simplified.line()} in {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    textured = bake_texture(model, mesh, args.texture_size, progress=False, camera_centers=camera_centers)
+    print(f"[{label}] bake {args.texture_size}^2 (unwrap, rasterise, query, fill): {time.perf_counter() - started:.1f} s")
+    if args.output_path is not None:
+        path = args.output_path
+        export_textured_mesh(textured, path.with_name(f"{path.stem}_{label.replace(' ', '_')}{path.suffix}"))
+    return textured, camera_centers
+
+
 def run_bake(args) -> None:
-    from neurecon_ns.mesh.model_mesh import bake_texture, cull_to_training_views, extract_model_surface, training_views
-    from neurecon_ns.mesh.texture import export_textured_mesh, sample_texture
+    from neurecon_ns.mesh.model_mesh import cull_to_training_views, extract_model_surface, surface_colors, training_views
+    from neurecon_ns.mesh.texture import sample_texture
     from neurecon_ns.render.rasterize import PinholeCamera, interpolate_vertex_attribute, rasterize
     from neurecon_ns.runs import load_run
 
@@ -73,51 +98,74 @@ def run_bake(args) -> None:
     model = run.model
     outputs = run.pipeline.datamanager.train_dataparser_outputs
     views = training_views(outputs)
-    timings = {}
 
     started = time.perf_counter()
     mesh = extract_model_surface(model, resolution=args.resolution, progress=False)
-    timings["extract"] = time.perf_counter() - started
-    started = time.perf_counter()
-    mesh = cull_to_training_views(mesh, views)
-    mesh, components = remove_small_components(mesh, 0.05)
-    mesh, simplified = simplify(mesh, args.target_faces)
-    timings["cull + components + simplify"] = time.perf_counter() - started
-    print(components.line())
-    print(simplified.line())
+    print(f"extract at {args.resolution}: {len(mesh.faces):,} faces in {time.perf_counter() - started:.1f} s")
+    camera_centers = views.c2w_opencv[:, :3, 3]
+    products = {
+        "whole, head-on": textured_product(model, mesh, args, "whole, head-on"),
+        "whole, nearest camera": textured_product(model, mesh, args, "whole, nearest camera", camera_centers),
+    }
+    if args.cull_unseen:
+        culled = cull_to_training_views(mesh, views, mask_dilation_px=args.mask_dilation_px)
+        label = f"culled {args.mask_dilation_px:g} px, head-on"
+        print(f"[{label}] cull unseen: {len(mesh.faces):,} -> {len(culled.faces):,} faces (masks dilated by {args.mask_dilation_px:g} px)")
+        products[label] = textured_product(model, culled, args, label)
 
-    started = time.perf_counter()
-    textured = bake_texture(model, mesh, args.texture_size, progress=False)
-    timings[f"bake {args.texture_size}^2 (unwrap, rasterise, query, fill)"] = time.perf_counter() - started
-    if args.output_path is not None:
-        export_textured_mesh(textured, args.output_path)
-    for stage, seconds in timings.items():
-        print(f"{stage}: {seconds:.1f} s")
-
-    texture = torch.as_tensor(np.asarray(textured.visual.material.image.convert("RGB")), dtype=torch.float64) / 255.0
-    vertices = torch.as_tensor(np.asarray(textured.vertices), dtype=torch.float64)
-    faces = torch.as_tensor(np.asarray(textured.faces))
-    uv = torch.as_tensor(np.asarray(textured.visual.uv), dtype=torch.float64)
     masks = views.load_masks()
-    mesh_psnrs, volume_psnrs = [], []
+    columns = {
+        "along_rays": "mesh, network colour along the view's rays",
+        "baked_view": "mesh, network colour as baked (head-on or nearest camera)",
+        "texture": "textured mesh",
+    }
+    volume_psnrs = []
+    psnrs = {(label, name): [] for label in products for name in columns}
+    coverage = {label: [] for label in products}
     for index in range(0, len(outputs.cameras), args.view_stride):
         camera = PinholeCamera.from_cameras(outputs.cameras, index)
-        fragments = rasterize(vertices, faces, camera)
-        pixel_uv = interpolate_vertex_attribute(uv, faces, fragments)
-        mesh_image = torch.where(fragments.mask[..., None], sample_texture(texture, pixel_uv), 0.0).numpy()
+        _, ray_directions = camera.pixel_rays()
         with Image.open(outputs.image_filenames[index]) as photo:
             photograph = np.asarray(photo.convert("RGB"), dtype=np.float64) / 255.0
+        mask = masks[index]
         with torch.no_grad():
-            rendered = model.get_outputs_for_camera(outputs.cameras[index : index + 1].to(vertices.device))["rgb"]
+            rendered = model.get_outputs_for_camera(outputs.cameras[index : index + 1])["rgb"]
         volume_image = rendered.double().clamp(0, 1).cpu().numpy()
-        mesh_psnrs.append(psnr_in_mask(mesh_image, photograph, masks[index]))
-        volume_psnrs.append(psnr_in_mask(volume_image, photograph, masks[index]))
-        print(f"view {index}: textured mesh {mesh_psnrs[-1]:.2f} dB, volume render {volume_psnrs[-1]:.2f} dB (inside the mask)")
+        volume_psnrs.append(psnr_in_mask(volume_image, photograph, mask))
+        print(f"view {index}: volume render {volume_psnrs[-1]:.2f} dB (inside the mask)")
+        strip = [photograph, volume_image]
+        for label, (textured, centers) in products.items():
+            texture = torch.as_tensor(np.array(textured.visual.material.image.convert("RGB")), dtype=torch.float64) / 255.0
+            vertices = torch.as_tensor(np.asarray(textured.vertices), dtype=torch.float64)
+            faces = torch.as_tensor(np.asarray(textured.faces))
+            uv = torch.as_tensor(np.asarray(textured.visual.uv), dtype=torch.float64)
+            fragments = rasterize(vertices, faces, camera)
+            covered = fragments.mask.numpy()
+            pixel_points = interpolate_vertex_attribute(vertices, faces, fragments).numpy()[covered]
+            images = {}
+            for name, directions in (("along_rays", ray_directions[covered]), ("baked_view", None)):
+                images[name] = np.zeros((camera.height, camera.width, 3))
+                images[name][covered] = surface_colors(model, pixel_points, directions, camera_centers=centers)
+            pixel_uv = interpolate_vertex_attribute(uv, faces, fragments)
+            images["texture"] = torch.where(fragments.mask[..., None], sample_texture(texture, pixel_uv), 0.0).numpy()
+            for name, image in images.items():
+                psnrs[label, name].append(psnr_in_mask(image, photograph, mask))
+            coverage[label].append(covered[mask].mean())
+            print(
+                f"view {index} [{label}]: " + ", ".join(f"{columns[name]} {psnrs[label, name][-1]:.2f} dB" for name in columns)
+                + f" (the mesh covers {100 * coverage[label][-1]:.1f}% of the mask)"
+            )
+            strip.append(images["texture"])
         if args.save_renders is not None:
             args.save_renders.mkdir(parents=True, exist_ok=True)
-            strip = np.concatenate([photograph, volume_image, mesh_image], axis=1)
-            Image.fromarray((strip * 255).round().astype(np.uint8)).save(args.save_renders / f"view_{index:03d}.png")
-    print(f"mean over {len(mesh_psnrs)} views: textured mesh {np.mean(mesh_psnrs):.2f} dB, volume render {np.mean(volume_psnrs):.2f} dB")
+            image = (np.concatenate(strip, axis=1) * 255).round().astype(np.uint8)
+            Image.fromarray(image).save(args.save_renders / f"view_{index:03d}.png")
+    print(f"mean over {len(volume_psnrs)} views, inside the masks: volume render {np.mean(volume_psnrs):.2f} dB")
+    for label in products:
+        print(
+            f"  [{label}] " + ", ".join(f"{columns[name]} {np.mean(psnrs[label, name]):.2f} dB" for name in columns)
+            + f" (the mesh covers {100 * np.mean(coverage[label]):.1f}% of the masks)"
+        )
 
 
 def main() -> None:
@@ -133,8 +181,11 @@ def main() -> None:
     bake_parser.add_argument("--target-faces", type=int, default=100_000)
     bake_parser.add_argument("--texture-size", type=int, default=2048)
     bake_parser.add_argument("--view-stride", type=int, default=8)
-    bake_parser.add_argument("--output-path", type=Path, default=None, help="write the textured mesh (.obj/.glb)")
-    bake_parser.add_argument("--save-renders", type=Path, default=None, help="folder for photograph | volume | mesh strips")
+    bake_parser.add_argument("--cull-unseen", action="store_true", help="also bake the mesh culled as by `neurecon mesh --cull-unseen`, and compare")
+    bake_parser.add_argument("--mask-dilation-px", type=float, default=0.0, help="grows the masks of --cull-unseen")
+    bake_parser.add_argument("--min-component-fraction", type=float, default=0.05)
+    bake_parser.add_argument("--output-path", type=Path, default=None, help="write the textured meshes (.obj/.glb), the label appended to the name")
+    bake_parser.add_argument("--save-renders", type=Path, default=None, help="folder for photograph | volume | textured mesh (whole, culled) strips")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.command == "simplify":

@@ -10,7 +10,7 @@ import trimesh
 
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.mesh.extract import extract_level_set
-from neurecon_ns.mesh.model_mesh import bake_texture
+from neurecon_ns.mesh.model_mesh import bake_texture, nearest_to_head_on, surface_colors
 from neurecon_ns.mesh.texture import (
     export_textured_mesh,
     fill_gutters,
@@ -59,6 +59,46 @@ class ColorFieldModel(torch.nn.Module):
 
     def _colors(self, points, view_directions, gradient, features):
         return color_field(points)
+
+
+class DirectionColorModel(ColorFieldModel):
+    """A colour that depends on the view direction alone, `(1 - d) / 2`: seen head-on (d = -n) it is `(1 + n) / 2`,
+    the normal map, so a bake that looks along the wrong direction shows."""
+
+    def _colors(self, points, view_directions, gradient, features):
+        return (1.0 - view_directions) / 2.0
+
+
+def test_bake_looks_head_on_and_surface_colours_take_the_given_directions(torus):
+    textured = bake_texture(DirectionColorModel(), torus, texture_size=256)
+    texture = torch.as_tensor(np.asarray(textured.visual.material.image.convert("RGB")), dtype=torch.float64) / 255.0
+    uv = torch.as_tensor(textured.visual.uv, dtype=torch.float64)
+    centers = torch.as_tensor(textured.triangles_center).requires_grad_(True)
+    (gradient,) = torch.autograd.grad(torus_sdf(centers).sum(), centers)
+    expected = (1.0 + torch.nn.functional.normalize(gradient, dim=-1)) / 2.0
+    error = (sample_texture(texture, uv[torch.as_tensor(textured.faces)].mean(dim=1)) - expected).abs()
+    assert error.mean() < 0.01
+    # along given directions (a camera's rays) the colour is the one for those directions, not the head-on one
+    points = np.asarray(textured.triangles_center)
+    directions = np.tile([0.0, 0.0, -1.0], (len(points), 1))
+    np.testing.assert_allclose(surface_colors(DirectionColorModel(), points, directions), [[0.5, 0.5, 1.0]] * len(points))
+
+
+def test_bake_from_cameras_looks_from_the_camera_nearest_to_head_on(torus):
+    # a point on top (normal +z): the camera above it wins over one at its side, and it looks down
+    points = torch.tensor([[0.5, 0.0, 0.2]])
+    normals = torch.tensor([[0.0, 0.0, 1.0]])
+    centers = torch.tensor([[5.0, 0.0, 0.2], [1.0, 0.5, 4.0]])
+    expected = torch.nn.functional.normalize(points - centers[1], dim=-1)
+    torch.testing.assert_close(nearest_to_head_on(points, normals, centers), expected)
+    # the bake takes that direction: with one camera far above, every texel holds (1 - d) / 2 with d pointing
+    # straight down; head-on it would hold the normal map instead
+    far_above = np.array([[0.0, 0.0, 1000.0]])
+    textured = bake_texture(DirectionColorModel(), torus, texture_size=128, camera_centers=far_above)
+    texture = torch.as_tensor(np.asarray(textured.visual.material.image.convert("RGB")), dtype=torch.float64) / 255.0
+    uv = torch.as_tensor(textured.visual.uv, dtype=torch.float64)
+    colors = sample_texture(texture, uv[torch.as_tensor(textured.faces)].mean(dim=1))
+    np.testing.assert_allclose(colors.numpy(), 0.5 + np.zeros_like(colors.numpy()) + [0.0, 0.0, 0.5], atol=0.01)
 
 
 def texel_coverage_counts(uv: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:

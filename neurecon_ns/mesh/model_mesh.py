@@ -9,8 +9,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import trimesh
 from jaxtyping import Float, UInt8
+from torch import Tensor
 from PIL import Image
 
 from neurecon_ns.data.conventions import flip_camera_axes
@@ -86,12 +88,21 @@ def extract_model_surface(
     return mesh
 
 
-def head_on_colors(
-    model, points_unit: Float[np.ndarray, "num_points 3"], chunk_size: int = 2**15, on_chunk=None
+def surface_colors(
+    model,
+    points_unit: Float[np.ndarray, "num_points 3"],
+    view_directions: Optional[Float[np.ndarray, "num_points 3"]] = None,
+    chunk_size: int = 2**15,
+    on_chunk=None,
+    camera_centers: Optional[Float[np.ndarray, "num_cameras 3"]] = None,
 ) -> Float[np.ndarray, "num_points 3"]:
-    """RGB in [0, 1] from the radiance network at surface points, each seen head-on: the view direction is the
-    opposite of the outward surface normal (the convention of IDR and neurecon). `on_chunk(n)` is called after
-    each chunk of `n` points (a progress bar)."""
+    """RGB in [0, 1] from the radiance network at surface points seen along `view_directions` (unit vectors
+    from the eye to the point, as nerfstudio's ray directions).
+
+    Without `view_directions`: seen from the camera of `camera_centers` that faces the point most squarely
+    (`nearest_to_head_on`), or, without cameras either, head-on: the view direction is then the opposite of
+    the outward surface normal (the convention of IDR and neurecon). `on_chunk(n)` is called after each chunk
+    of `n` points (a progress bar)."""
     device = model_device(model)
     colors = np.empty((len(points_unit), 3), dtype=np.float32)
     was_training = model.training
@@ -100,15 +111,45 @@ def head_on_colors(
         for start in range(0, len(points_unit), chunk_size):
             points = torch.as_tensor(points_unit[start : start + chunk_size], dtype=torch.float32, device=device)
             _, features, gradient = model.field.get_level_value_and_gradient(points)
-            view_directions = -model.surface_normals(gradient)
+            if view_directions is None and camera_centers is not None:
+                centers = torch.as_tensor(camera_centers, dtype=torch.float32, device=device)
+                directions = nearest_to_head_on(points, model.surface_normals(gradient), centers)
+            elif view_directions is None:
+                directions = -model.surface_normals(gradient)
+            else:
+                directions = torch.as_tensor(
+                    view_directions[start : start + chunk_size], dtype=torch.float32, device=device
+                )
             with torch.no_grad():
-                rgb = model.field.get_colors(points, view_directions, gradient, features)
+                rgb = model.field.get_colors(points, directions, gradient, features)
             colors[start : start + len(points)] = rgb.detach().clamp(0.0, 1.0).float().cpu().numpy()
             if on_chunk is not None:
                 on_chunk(len(points))
     finally:
         model.train(was_training)
     return colors
+
+
+def nearest_to_head_on(
+    points: Float[Tensor, "num_points 3"], normals: Float[Tensor, "num_points 3"], centers: Float[Tensor, "num_cameras 3"]
+) -> Float[Tensor, "num_points 3"]:
+    """Unit direction from the camera centre `c_k` to each point `x`, for the `k` maximising
+    `n . (c_k - x) / |c_k - x|`: the camera that looks at the surface most nearly along its normal.
+
+    Unlike the head-on direction `-n`, it is a direction the cameras looked from, so the radiance network
+    is not asked for a view it never saw (DTU's cameras cover one side of a hemisphere; much of a surface's
+    normals point elsewhere). Occlusion is not tested.
+    """
+    to_cameras = F.normalize(centers[None, :, :] - points[:, None, :], dim=-1)  # [N, K, 3]
+    best = (to_cameras * normals[:, None, :]).sum(dim=-1).argmax(dim=-1)
+    return -to_cameras[torch.arange(len(points), device=points.device), best]
+
+
+def head_on_colors(
+    model, points_unit: Float[np.ndarray, "num_points 3"], chunk_size: int = 2**15, on_chunk=None
+) -> Float[np.ndarray, "num_points 3"]:
+    """`surface_colors` seen head-on: view direction = minus the outward normal."""
+    return surface_colors(model, points_unit, None, chunk_size, on_chunk)
 
 
 def vertex_colors(
@@ -127,9 +168,12 @@ def bake_texture(
     chunk_size: int = 2**15,
     progress: bool = False,
     padding_px: Optional[int] = None,
+    camera_centers: Optional[Float[np.ndarray, "num_cameras 3"]] = None,
 ) -> trimesh.Trimesh:
-    """The mesh (training space) unwrapped into a UV atlas, with the radiance network's head-on colour of the
-    surface point under each texel baked into a `texture_size`^2 texture whose gutters are filled.
+    """The mesh (training space) unwrapped into a UV atlas, with the radiance network's colour of the surface
+    point under each texel baked into a `texture_size`^2 texture whose gutters are filled. The colour is seen
+    head-on, or, with `camera_centers` (the training cameras), from the camera that faces the point most
+    squarely (`surface_colors`).
 
     Memory: the atlas' rasterisation (about 40 bytes per texel) and one chunk of network queries at a time.
     """
@@ -141,7 +185,9 @@ def bake_texture(
     texture = np.zeros((texture_size, texture_size, 3), dtype=np.uint8)
     with progress_bar(progress) as bar:
         task = bar.add_task(f"baking {texture_size}x{texture_size} texture", total=len(points))
-        colors = head_on_colors(model, points, chunk_size, on_chunk=lambda n: bar.advance(task, n))
+        colors = surface_colors(
+            model, points, None, chunk_size, lambda n: bar.advance(task, n), camera_centers
+        )
     texture[covered] = np.round(colors * 255.0).astype(np.uint8)
     return textured_mesh(mesh_unit, atlas, fill_gutters(texture, covered))
 

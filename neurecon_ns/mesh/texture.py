@@ -2,12 +2,10 @@
 texture, the gutters between charts filled, written as OBJ + MTL + PNG and as one GLB.
 
 The colour of a texel is the radiance network's colour at the surface point the texel covers, seen head-on
-(view direction = minus the outward normal of the SDF), the same colour `--vertex-colors` gives a vertex:
-a texture cannot change with the viewpoint, so view-dependent effects are frozen at the head-on view. DTU's
-lights sit near its cameras, so the highlights a training view sees where it looks straight at the surface
-are kept; highlights seen only at grazing angles are dropped. Averaging over the training views that see a
-point would instead blur each highlight over the whole region those views cover, and needs a visibility test
-and one network query per view and texel.
+(view direction = minus the outward normal of the SDF), the same colour `--vertex-colors` gives a vertex, or
+seen from the training camera that faces the point most squarely (`model_mesh.surface_colors`). A texture
+cannot change with the viewpoint, so view-dependent colour is frozen at that one view; averaging over the
+training views that see a point would need a visibility test and one network query per view and texel.
 """
 
 from __future__ import annotations
