@@ -368,3 +368,21 @@ class LargestGather(TorchDispatchMode):
         if func.overloadpacket is torch.ops.aten.index:
             self.largest = max(self.largest, result.numel())
         return result
+
+
+def test_the_compile_guard_leaves_the_training_graph_to_the_training_step():
+    """The guard's first call runs the pass's backward on its own graph: with the passes "compiled" as their eager
+    selves, a training step (geometry, then colour on the geometry's outputs, then one backward) still trains."""
+    torch.manual_seed(0)
+    config = SurfaceFieldConfig(compile=True)
+    config.geometry.num_layers, config.geometry.hidden_dim, config.geometry.skip_layers = 2, 16, ()
+    config.radiance.num_layers, config.radiance.hidden_dim = 1, 16
+    field = config.setup().train()
+    field._compiled["geometry and gradient"] = field.geometry_network.value_features_and_gradient
+    field._compiled["radiance"] = field.radiance_network.forward
+    points, directions = torch.rand(32, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(32, 3), dim=-1)
+    outputs = field(points, directions)
+    loss = outputs["rgb"].sum() + ((outputs["gradient"].norm(dim=-1) - 1.0) ** 2).mean()
+    loss.backward()
+    assert not field._compile_failed and field._backward_compiled == {"geometry and gradient", "radiance"}
+    assert all(parameter.grad is not None for parameter in field.geometry_network.parameters())

@@ -459,7 +459,10 @@ class SurfaceField(nn.Module):
         backward lazily at the first `backward()`, which would be outside the guard that falls back to eager (and
         the closed-form node's backward frees what its forward kept, so the caller's graph could not be used for
         it). The parameters' `.grad` is left untouched."""
-        outputs = compiled(*args)
+        # inputs cut from the caller's graph (the radiance pass takes the geometry pass's outputs), whose saved
+        # tensors this backward would otherwise free before the training step's own backward
+        own_inputs = tuple(arg.detach().requires_grad_(arg.requires_grad) if isinstance(arg, Tensor) else arg for arg in args)
+        outputs = compiled(*own_inputs)
         tensors = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         differentiable = [tensor for tensor in tensors if isinstance(tensor, Tensor) and tensor.requires_grad]
         parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
