@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 import trimesh
 from jaxtyping import Float, UInt8
-from torch import Tensor
 from PIL import Image
+from torch import Tensor
 
 from neurecon_ns.data.conventions import flip_camera_axes
 from neurecon_ns.errors import UserInputError
