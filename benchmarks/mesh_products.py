@@ -89,7 +89,12 @@ def textured_product(model, mesh, args, label: str, camera_centers=None):
 
 
 def run_bake(args) -> None:
-    from neurecon_ns.mesh.model_mesh import cull_to_training_views, extract_model_surface, surface_colors, training_views
+    from neurecon_ns.mesh.model_mesh import (
+        cull_to_training_views,
+        extract_model_surface,
+        surface_colors,
+        training_views,
+    )
     from neurecon_ns.mesh.texture import sample_texture
     from neurecon_ns.render.rasterize import PinholeCamera, interpolate_vertex_attribute, rasterize
     from neurecon_ns.runs import load_run
