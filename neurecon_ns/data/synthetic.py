@@ -30,7 +30,7 @@ from jaxtyping import Bool, Float, UInt8
 from PIL import Image
 
 from neurecon_ns.data.conventions import flip_camera_axes
-from neurecon_ns.data.shapes import DEFAULT_SHAPE, Shape, get_shape, sdf_gradient, surface_mesh
+from neurecon_ns.data.shapes import DEFAULT_SHAPE, Array, Shape, _as_like, _xp, get_shape, sdf_gradient, surface_mesh
 from neurecon_ns.errors import UserInputError
 
 BACKGROUNDS = ("black", "white", "environment")
@@ -228,18 +228,19 @@ def _bisect_crossing(
     return t_outside
 
 
-def albedo(points_unit: Float[np.ndarray, "*batch 3"]) -> Float[np.ndarray, "*batch 3"]:
-    """Smooth colourful texture of the 3D position, values in [0.36, 0.95].
+def albedo(points_unit: Array) -> Array:
+    """Smooth colourful texture of the 3D position (numpy or torch), values in [0.36, 0.95].
 
     Per channel c: h_c = 0.5 + 0.5 sin(w_c . x + phi_c) (wavelengths ~0.5), modulated by a soft 3D
     checker k = 0.6 + 0.4 tanh(3 sin(pi x / l) sin(pi y / l) sin(pi z / l)), l = 0.16:
     a_c = 0.2 + 0.75 (0.35 + 0.65 h_c) k.
     """
-    frequencies = np.array([[9.0, 4.0, -5.0], [-3.0, 10.0, 6.0], [5.0, -6.0, 11.0]])
-    phases = np.array([0.3, 2.1, 4.0])
-    hue = 0.5 + 0.5 * np.sin(points_unit @ frequencies.T + phases)
-    cells = np.sin(np.pi * points_unit / 0.16)
-    checker = 0.6 + 0.4 * np.tanh(3.0 * cells[..., 0] * cells[..., 1] * cells[..., 2])
+    xp = _xp(points_unit)
+    frequencies = _as_like([[9.0, 4.0, -5.0], [-3.0, 10.0, 6.0], [5.0, -6.0, 11.0]], points_unit)
+    phases = _as_like([0.3, 2.1, 4.0], points_unit)
+    hue = 0.5 + 0.5 * xp.sin(points_unit @ frequencies.T + phases)
+    cells = xp.sin(np.pi * points_unit / 0.16)
+    checker = 0.6 + 0.4 * xp.tanh(3.0 * cells[..., 0] * cells[..., 1] * cells[..., 2])
     return 0.2 + 0.75 * (0.35 + 0.65 * hue) * checker[..., None]
 
 
