@@ -74,13 +74,8 @@ def sphere_chord(
     return nears, torch.maximum(t_exit, nears + 1e-4)
 
 
-class SphereChordCollider(SceneCollider):
+class SphereChordCollider(UnitSphereCollider):
     """Foreground rays run exactly over their chord through the sphere, so a background can start at `far`."""
-
-    def __init__(self, radius: float = 1.0, near_plane: float = 0.0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.radius = radius
-        self.near_plane = near_plane
 
     def set_nears_and_fars(self, ray_bundle: RayBundle) -> RayBundle:
         ray_bundle.nears, ray_bundle.fars = sphere_chord(
