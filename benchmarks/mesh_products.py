@@ -68,8 +68,9 @@ def psnr_in_mask(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> 
     return -10.0 * math.log10(max(mse, 1e-12))
 
 
-def textured_product(model, mesh, args, label: str, camera_centers=None):
-    """Small components removed, decimated and baked; prints each step and the seconds of each stage."""
+def textured_product(model, mesh, args, label: str, colour: str, views):
+    """Small components removed, decimated and baked with the colour `colour` (head-on, nearest, views); prints each
+    step and the seconds of each stage."""
     from neurecon_ns.mesh.model_mesh import bake_texture
     from neurecon_ns.mesh.texture import export_textured_mesh
 
@@ -80,20 +81,26 @@ def textured_product(model, mesh, args, label: str, camera_centers=None):
     mesh, simplified = simplify(mesh, args.target_faces)
     print(f"[{label}] {simplified.line()} in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
-    textured = bake_texture(model, mesh, args.texture_size, progress=False, camera_centers=camera_centers)
+    textured = bake_texture(
+        model, mesh, args.texture_size, progress=False,
+        camera_centers=views.c2w_opencv[:, :3, 3] if colour == "nearest" else None,
+        views=views if colour == "views" else None, max_views=args.max_views,
+    )
     print(f"[{label}] bake {args.texture_size}^2 (unwrap, rasterise, query, fill): {time.perf_counter() - started:.1f} s")
     if args.output_path is not None:
         path = args.output_path
         export_textured_mesh(textured, path.with_name(f"{path.stem}_{label.replace(' ', '_')}{path.suffix}"))
-    return textured, camera_centers
+    return textured, mesh, colour
 
 
 def run_bake(args) -> None:
     from neurecon_ns.mesh.model_mesh import (
         cull_to_training_views,
         extract_model_surface,
+        select_views,
         surface_colors,
         training_views,
+        view_averaged_colors,
     )
     from neurecon_ns.mesh.texture import sample_texture
     from neurecon_ns.render.rasterize import PinholeCamera, interpolate_vertex_attribute, rasterize
@@ -103,25 +110,25 @@ def run_bake(args) -> None:
     model = run.model
     outputs = run.pipeline.datamanager.train_dataparser_outputs
     views = training_views(outputs)
+    camera_centers = views.c2w_opencv[:, :3, 3]
 
     started = time.perf_counter()
     mesh = extract_model_surface(model, resolution=args.resolution, progress=False)
     print(f"extract at {args.resolution}: {len(mesh.faces):,} faces in {time.perf_counter() - started:.1f} s")
-    camera_centers = views.c2w_opencv[:, :3, 3]
-    products = {
-        "whole, head-on": textured_product(model, mesh, args, "whole, head-on"),
-        "whole, nearest camera": textured_product(model, mesh, args, "whole, nearest camera", camera_centers),
-    }
+    names = {"head-on": "head-on", "nearest": "nearest camera", "views": f"averaged over <= {args.max_views} views"}
+    products = {}
+    for colour in args.colours:
+        products[f"whole, {names[colour]}"] = textured_product(model, mesh, args, f"whole, {names[colour]}", colour, views)
     if args.cull_unseen:
         culled = cull_to_training_views(mesh, views, mask_dilation_px=args.mask_dilation_px)
-        label = f"culled {args.mask_dilation_px:g} px, head-on"
+        label = f"culled {args.mask_dilation_px:g} px, {names[args.colours[0]]}"
         print(f"[{label}] cull unseen: {len(mesh.faces):,} -> {len(culled.faces):,} faces (masks dilated by {args.mask_dilation_px:g} px)")
-        products[label] = textured_product(model, culled, args, label)
+        products[label] = textured_product(model, culled, args, label, args.colours[0], views)
 
     masks = views.load_masks()
     columns = {
         "along_rays": "mesh, network colour along the view's rays",
-        "baked_view": "mesh, network colour as baked (head-on or nearest camera)",
+        "baked_view": "mesh, network colour as baked",
         "texture": "textured mesh",
     }
     volume_psnrs = []
@@ -139,7 +146,7 @@ def run_bake(args) -> None:
         volume_psnrs.append(psnr_in_mask(volume_image, photograph, mask))
         print(f"view {index}: volume render {volume_psnrs[-1]:.2f} dB (inside the mask)")
         strip = [photograph, volume_image]
-        for label, (textured, centers) in products.items():
+        for label, (textured, baked_mesh, colour) in products.items():
             texture = torch.as_tensor(np.array(textured.visual.material.image.convert("RGB")), dtype=torch.float64) / 255.0
             vertices = torch.as_tensor(np.asarray(textured.vertices), dtype=torch.float64)
             faces = torch.as_tensor(np.asarray(textured.faces))
@@ -148,9 +155,18 @@ def run_bake(args) -> None:
             covered = fragments.mask.numpy()
             pixel_points = interpolate_vertex_attribute(vertices, faces, fragments).numpy()[covered]
             images = {}
-            for name, directions in (("along_rays", ray_directions[covered]), ("baked_view", None)):
-                images[name] = np.zeros((camera.height, camera.width, 3))
-                images[name][covered] = surface_colors(model, pixel_points, directions, camera_centers=centers)
+            images["along_rays"] = np.zeros((camera.height, camera.width, 3))
+            images["along_rays"][covered] = surface_colors(model, pixel_points, ray_directions[covered])
+            images["baked_view"] = np.zeros((camera.height, camera.width, 3))
+            if colour == "views":
+                # the texel's faces index the atlas, which keeps the baked mesh's face order
+                selection = select_views(
+                    baked_mesh, pixel_points, fragments.face_index[fragments.mask], views, args.max_views
+                )
+                images["baked_view"][covered] = view_averaged_colors(model, pixel_points, selection, camera_centers)
+            else:
+                centers = camera_centers if colour == "nearest" else None
+                images["baked_view"][covered] = surface_colors(model, pixel_points, camera_centers=centers)
             pixel_uv = interpolate_vertex_attribute(uv, faces, fragments)
             images["texture"] = torch.where(fragments.mask[..., None], sample_texture(texture, pixel_uv), 0.0).numpy()
             for name, image in images.items():
@@ -186,6 +202,11 @@ def main() -> None:
     bake_parser.add_argument("--target-faces", type=int, default=100_000)
     bake_parser.add_argument("--texture-size", type=int, default=2048)
     bake_parser.add_argument("--view-stride", type=int, default=8)
+    bake_parser.add_argument(
+        "--colours", nargs="+", choices=("head-on", "nearest", "views"), default=["head-on", "views"],
+        help="the texture colours to bake: head-on, from the camera nearest to head-on, averaged over the views that see the point",
+    )
+    bake_parser.add_argument("--max-views", type=int, default=4, help="views averaged per texel with --colours views")
     bake_parser.add_argument("--cull-unseen", action="store_true", help="also bake the mesh culled as by `neurecon mesh --cull-unseen`, and compare")
     bake_parser.add_argument("--mask-dilation-px", type=float, default=0.0, help="grows the masks of --cull-unseen")
     bake_parser.add_argument("--min-component-fraction", type=float, default=0.05)

@@ -10,7 +10,14 @@ import trimesh
 
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.mesh.extract import extract_level_set
-from neurecon_ns.mesh.model_mesh import bake_texture, nearest_to_head_on, surface_colors
+from neurecon_ns.mesh.model_mesh import (
+    TrainingViews,
+    bake_texture,
+    nearest_to_head_on,
+    select_views,
+    surface_colors,
+    view_averaged_colors,
+)
 from neurecon_ns.mesh.texture import (
     export_textured_mesh,
     fill_gutters,
@@ -99,6 +106,80 @@ def test_bake_from_cameras_looks_from_the_camera_nearest_to_head_on(torus):
     uv = torch.as_tensor(textured.visual.uv, dtype=torch.float64)
     colors = sample_texture(texture, uv[torch.as_tensor(textured.faces)].mean(dim=1))
     np.testing.assert_allclose(colors.numpy(), 0.5 + np.zeros_like(colors.numpy()) + [0.0, 0.0, 0.5], atol=0.01)
+
+
+def look_at_views(eyes, target=(0.0, 0.0, 0.0), size: int = 64, focal: float = 60.0) -> TrainingViews:
+    """Cameras at `eyes` looking at `target` (OpenCV axes: x right, y down, z forward), no masks."""
+    c2w = np.tile(np.eye(4), (len(eyes), 1, 1))
+    for index, eye in enumerate(np.asarray(eyes, dtype=np.float64)):
+        forward = np.asarray(target) - eye
+        forward /= np.linalg.norm(forward)
+        up = np.array([0.0, 1.0, 0.0]) if abs(forward[2]) > 0.9 else np.array([0.0, 0.0, 1.0])
+        right = np.cross(forward, up)
+        right /= np.linalg.norm(right)
+        c2w[index, :3, :3] = np.stack([right, np.cross(forward, right), forward], axis=-1)
+        c2w[index, :3, 3] = eye
+    intrinsics = np.tile(np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]]), (len(eyes), 1, 1))
+    return TrainingViews(intrinsics, c2w, np.full((len(eyes), 2), size), mask_paths=None)
+
+
+def baked_colors_at_face_centres(textured: trimesh.Trimesh) -> torch.Tensor:
+    texture = torch.as_tensor(np.asarray(textured.visual.material.image.convert("RGB")), dtype=torch.float64) / 255.0
+    uv = torch.as_tensor(textured.visual.uv, dtype=torch.float64)
+    return sample_texture(texture, uv[torch.as_tensor(textured.faces)].mean(dim=1))
+
+
+def test_view_averaged_bake_of_a_view_independent_colour_is_the_head_on_bake(torus):
+    views = look_at_views([[0.0, 0.0, 3.0], [3.0, 0.0, 1.0], [-2.0, 2.0, -1.5], [0.0, -3.0, -1.0], [1.0, 1.0, -3.0]])
+    head_on = bake_texture(ColorFieldModel(), torus, texture_size=128)
+    averaged = bake_texture(ColorFieldModel(), torus, texture_size=128, views=views, max_views=3)
+    assert averaged.metadata["texels_seen_fraction"] > 0.6, "the views see most of the torus"
+    difference = np.abs(
+        np.asarray(averaged.visual.material.image, dtype=np.int64) - np.asarray(head_on.visual.material.image, dtype=np.int64)
+    )
+    assert difference.max() <= 1, "a colour that no view changes is the same however many views average it"
+
+
+def two_squares() -> trimesh.Trimesh:
+    """A 2x2 square at z = 0 and a 1x1 square above its centre at z = 0.5, both facing +z."""
+    back = [[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]]
+    front = [[-0.5, -0.5, 0.5], [0.5, -0.5, 0.5], [0.5, 0.5, 0.5], [-0.5, 0.5, 0.5]]
+    faces = [[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]]
+    return trimesh.Trimesh(np.array(back + front, dtype=np.float64), faces, process=False)
+
+
+def test_a_point_occluded_from_a_view_does_not_take_that_views_colour():
+    squares = two_squares()
+    # camera 0 looks straight down: the front square hides the back square's centre from it; camera 1 sees that
+    # point past the front square's edge (its ray crosses z = 0.5 at x = 1.25)
+    above, side = [0.0, 0.0, 3.0], [2.5, 0.0, 1.0]
+    views = look_at_views([above, side])
+    points = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5]])
+    faces = torch.tensor([0, 2])
+    selection = select_views(squares, points, faces, views, max_views=2)
+    assert set(selection.view_index[0].tolist()) == {1, -1}, "the hidden point takes the side view only"
+    assert set(selection.view_index[1].tolist()) == {0, 1}, "the front square's centre is seen by both"
+    colors = view_averaged_colors(DirectionColorModel(), points, selection, views.c2w_opencv[:, :3, 3])
+    from_side = (1.0 - (points[0] - side) / np.linalg.norm(points[0] - side)) / 2.0
+    np.testing.assert_allclose(colors[0], from_side, atol=1e-6)
+    # without the depth test (a tolerance that passes every depth) the view above wins the hidden point
+    leaky = select_views(squares, points, faces, views, max_views=2, depth_tolerance=10.0)
+    assert 0 in leaky.view_index[0].tolist()
+
+
+def test_texels_that_no_view_sees_take_the_head_on_colour(torus):
+    above = np.array([0.0, 0.0, 3.0])
+    textured = bake_texture(DirectionColorModel(), torus, texture_size=128, views=look_at_views([above]))
+    colors = baked_colors_at_face_centres(textured)
+    centers = torch.as_tensor(textured.triangles_center).requires_grad_(True)
+    (gradient,) = torch.autograd.grad(torus_sdf(centers).sum(), centers)
+    normals = torch.nn.functional.normalize(gradient, dim=-1)
+    from_above = (1.0 - torch.nn.functional.normalize(centers.detach() - torch.as_tensor(above), dim=-1)) / 2.0
+    head_on = (1.0 + normals) / 2.0
+    bottom, top = normals[:, 2] < -0.3, normals[:, 2] > 0.5
+    assert (colors[bottom] - head_on[bottom]).abs().max() < 0.05, "the underside, unseen, is baked head-on"
+    assert (colors[top] - from_above[top]).abs().mean() < 0.01, "the top takes the colour seen from the camera"
+    assert (head_on[top] - from_above[top]).abs().mean() > 0.1, "the two colours differ on the top"
 
 
 def texel_coverage_counts(uv: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
-from jaxtyping import Float, UInt8
+from jaxtyping import Float, Int, UInt8
 from PIL import Image
 from torch import Tensor
 
@@ -169,27 +169,189 @@ def bake_texture(
     progress: bool = False,
     padding_px: Optional[int] = None,
     camera_centers: Optional[Float[np.ndarray, "num_cameras 3"]] = None,
+    views: Optional["TrainingViews"] = None,
+    max_views: int = 4,
+    use_masks: bool = True,
+    depth_tolerance: float = 0.01,
 ) -> trimesh.Trimesh:
     """The mesh (training space) unwrapped into a UV atlas, with the radiance network's colour of the surface
-    point under each texel baked into a `texture_size`^2 texture whose gutters are filled. The colour is seen
-    head-on, or, with `camera_centers` (the training cameras), from the camera that faces the point most
-    squarely (`surface_colors`).
+    point under each texel baked into a `texture_size`^2 texture whose gutters are filled.
 
-    Memory: the atlas' rasterisation (about 40 bytes per texel) and one chunk of network queries at a time.
+    The colour is, with `views` (the training cameras), the average over the views that see the point
+    (`select_views`: at most `max_views` of them, those where it covers the most pixels; `view_averaged_colors`);
+    otherwise, with `camera_centers`, the colour seen from the camera that faces the point most squarely; otherwise
+    the colour seen head-on (`surface_colors`). Texels that no view sees take the head-on colour.
+
+    Memory: the atlas' rasterisation (about 40 bytes per texel), with `views` the chosen views (8 bytes per texel
+    and view kept) and one view's depth buffer, and one chunk of network queries at a time.
     """
     atlas = unwrap(mesh_unit, texture_size, padding_px)
     fragments = rasterize_atlas(atlas)
     points = texel_points(np.asarray(mesh_unit.vertices), atlas, fragments)
     covered = fragments.covered.numpy()
+    texel_faces = fragments.face_index[covered]
     del fragments
     texture = np.zeros((texture_size, texture_size, 3), dtype=np.uint8)
     with progress_bar(progress) as bar:
-        task = bar.add_task(f"baking {texture_size}x{texture_size} texture", total=len(points))
-        colors = surface_colors(
-            model, points, None, chunk_size, lambda n: bar.advance(task, n), camera_centers
-        )
+        if views is not None and len(views.intrinsics) > 0:
+            task = bar.add_task("finding the views that see each texel", total=len(views.intrinsics))
+            selection = select_views(
+                mesh_unit, points, texel_faces, views, max_views, use_masks, depth_tolerance,
+                device=model_device(model), on_view=lambda: bar.advance(task),
+            )
+            task = bar.add_task(f"baking {texture_size}x{texture_size} texture from {max_views} views", total=len(points))
+            colors = view_averaged_colors(
+                model, points, selection, views.c2w_opencv[:, :3, 3], chunk_size, lambda n: bar.advance(task, n)
+            )
+        else:
+            task = bar.add_task(f"baking {texture_size}x{texture_size} texture", total=len(points))
+            colors = surface_colors(
+                model, points, None, chunk_size, lambda n: bar.advance(task, n), camera_centers
+            )
     texture[covered] = np.round(colors * 255.0).astype(np.uint8)
-    return textured_mesh(mesh_unit, atlas, fill_gutters(texture, covered))
+    result = textured_mesh(mesh_unit, atlas, fill_gutters(texture, covered))
+    if views is not None and len(views.intrinsics) > 0:
+        result.metadata["texels_seen_fraction"] = float((selection.weight.sum(dim=1) > 0).float().mean()) if len(points) else 0.0
+    return result
+
+
+@dataclass
+class ViewSelection:
+    """For each surface point, the training views whose colour it takes and their weights."""
+
+    view_index: Int[Tensor, "num_points max_views"]
+    """Index of a view that sees the point; -1 in unused slots."""
+    weight: Float[Tensor, "num_points max_views"]
+    """Its weight `w` (`select_views`); 0 in unused slots."""
+
+
+def pixel_weight(
+    points: Float[Tensor, "num_points 3"], normals: Float[Tensor, "num_points 3"], center: Float[Tensor, "3"], fx: float, fy: float
+) -> Float[Tensor, " num_points"]:
+    """`w = fx fy cos(theta) / d^2`, theta between the normal and the direction to the camera, d the distance: the
+    area in pixels that a unit of surface around the point covers in that view (near the image centre). Averaging
+    a view's colour with this weight gives each view the share of the pixels it shows of the point, so the average
+    is the single colour closest to the views' colours over all their pixels (least squares)."""
+    to_camera = center - points
+    distance = to_camera.norm(dim=-1).clamp(min=1e-12)
+    cosine = (normals * to_camera).sum(dim=-1) / distance
+    return fx * fy * cosine.clamp(min=0.0) / distance**2
+
+
+def select_views(
+    mesh_unit: trimesh.Trimesh,
+    points: Float[np.ndarray, "num_points 3"],
+    point_faces: Int[Tensor, " num_points"],
+    views: "TrainingViews",
+    max_views: int = 4,
+    use_masks: bool = True,
+    depth_tolerance: float = 0.01,
+    device: Union[str, torch.device] = "cpu",
+    chunk_size: int = 2**20,
+    on_view=None,
+) -> ViewSelection:
+    """The views that see each point of the mesh (`point_faces`: the face it lies on), at most `max_views` of them,
+    those with the largest `pixel_weight`.
+
+    A view sees a point when the point faces it, projects inside its image (and, with `use_masks`, inside its
+    mask) and is not occluded: the mesh rasterised from that view (`render.rasterize`) shows at the point's pixel
+    the point's own face, nothing, or a surface no nearer than `(1 - depth_tolerance)` times the point's depth
+    (the tolerance absorbs the depth change across a pixel on a slanted surface). The views are visited one at a
+    time, so memory holds one depth buffer and the `max_views` slots per point.
+    """
+    from neurecon_ns.render.rasterize import PinholeCamera, project_to_pixels, rasterize
+
+    vertices = torch.as_tensor(np.asarray(mesh_unit.vertices), dtype=torch.float64, device=device)
+    faces = torch.as_tensor(np.asarray(mesh_unit.faces), dtype=torch.long, device=device)
+    face_normals = torch.as_tensor(np.array(mesh_unit.face_normals), dtype=torch.float32, device=device)
+    points_tensor = torch.as_tensor(points, dtype=torch.float32, device=device)
+    point_faces = point_faces.to(device)
+    num_points = len(points_tensor)
+    view_index = torch.full((num_points, max_views), -1, dtype=torch.long, device=device)
+    weight = torch.zeros((num_points, max_views), dtype=torch.float32, device=device)
+    c2w_opengl = flip_camera_axes(views.c2w_opencv)
+    for index in range(len(views.intrinsics)):
+        intrinsics = views.intrinsics[index]
+        width, height = (int(size) for size in views.image_sizes[index])
+        camera = PinholeCamera(
+            camera_to_world=c2w_opengl[index], fx=float(intrinsics[0, 0]), fy=float(intrinsics[1, 1]),
+            cx=float(intrinsics[0, 2]), cy=float(intrinsics[1, 2]), width=width, height=height,
+        )
+        fragments = rasterize(vertices, faces, camera)
+        depth_buffer = fragments.depth.reshape(-1).float()
+        face_buffer = fragments.face_index.reshape(-1)
+        del fragments
+        mask = None
+        if use_masks and views.mask_paths is not None:
+            with Image.open(views.mask_paths[index]) as image:
+                mask = torch.as_tensor(np.asarray(image.convert("L")) > 127, device=device).reshape(-1)
+        center = torch.as_tensor(c2w_opengl[index, :3, 3], dtype=torch.float32, device=device)
+        for start in range(0, num_points, chunk_size):
+            chunk = slice(start, start + chunk_size)
+            chunk_points = points_tensor[chunk]
+            pixels, depth = project_to_pixels(chunk_points, camera)
+            column, row = pixels[:, 0].floor(), pixels[:, 1].floor()
+            inside = (depth > 0) & (column >= 0) & (column < width) & (row >= 0) & (row < height)
+            pixel = (row.clamp(0, height - 1) * width + column.clamp(0, width - 1)).long()
+            unoccluded = (face_buffer[pixel] == point_faces[chunk]) | (depth * (1.0 - depth_tolerance) <= depth_buffer[pixel])
+            seen = inside & unoccluded & (mask[pixel] if mask is not None else True)
+            new_weight = torch.where(
+                seen, pixel_weight(chunk_points, face_normals[point_faces[chunk]], center, camera.fx, camera.fy), 0.0
+            )
+            # keep the max_views largest weights: the new view replaces the smallest slot when it beats it
+            smallest, slot = weight[chunk].min(dim=1)
+            replace = new_weight > smallest
+            rows = torch.nonzero(replace)[:, 0]
+            weight[start + rows, slot[rows]] = new_weight[rows]
+            view_index[start + rows, slot[rows]] = index
+        if on_view is not None:
+            on_view()
+    return ViewSelection(view_index=view_index, weight=weight)
+
+
+def view_averaged_colors(
+    model,
+    points_unit: Float[np.ndarray, "num_points 3"],
+    selection: ViewSelection,
+    camera_centers: Float[np.ndarray, "num_views 3"],
+    chunk_size: int = 2**15,
+    on_chunk=None,
+) -> Float[np.ndarray, "num_points 3"]:
+    """RGB in [0, 1]: `sum_k w_k c(x, d_k) / sum_k w_k` over the views `k` of `selection`, `d_k` the direction
+    from camera `k`'s centre to the point `x`, `c` the radiance network; head-on where no view sees the point.
+
+    The geometry network runs once per point, the radiance network once per point and chosen view."""
+    device = model_device(model)
+    centers = torch.as_tensor(camera_centers, dtype=torch.float32, device=device)
+    colors = np.empty((len(points_unit), 3), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(points_unit), chunk_size):
+            points = torch.as_tensor(points_unit[start : start + chunk_size], dtype=torch.float32, device=device)
+            _, features, gradient = model.field.get_level_value_and_gradient(points)
+            view_index = selection.view_index[start : start + chunk_size].to(device)
+            weight = selection.weight[start : start + chunk_size].to(device)
+            color_sum = torch.zeros(len(points), 3, device=device)
+            with torch.no_grad():
+                for slot in range(view_index.shape[1]):
+                    used = torch.nonzero(view_index[:, slot] >= 0)[:, 0]
+                    directions = F.normalize(points[used] - centers[view_index[used, slot]], dim=-1)
+                    rgb = model.field.get_colors(points[used], directions, gradient[used], features[used])
+                    color_sum[used] += weight[used, slot, None] * rgb.detach().float().clamp(0.0, 1.0)
+                weight_sum = weight.sum(dim=1)
+                rgb = color_sum / weight_sum.clamp(min=1e-20)[:, None]
+                unseen = torch.nonzero(weight_sum <= 0)[:, 0]
+                head_on = model.field.get_colors(
+                    points[unseen], -model.surface_normals(gradient[unseen]), gradient[unseen], features[unseen]
+                )
+                rgb[unseen] = head_on.detach().float().clamp(0.0, 1.0)
+            colors[start : start + len(points)] = rgb.cpu().numpy()
+            if on_chunk is not None:
+                on_chunk(len(points))
+    finally:
+        model.train(was_training)
+    return colors
 
 
 @dataclass

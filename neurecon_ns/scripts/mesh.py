@@ -60,6 +60,10 @@ class Mesh:
     """Unwrap the mesh into a UV atlas and bake the radiance field's colour into a texture: writes <stem>.obj, .mtl, .png and .glb."""
     texture_size: int = 2048
     """Side of the square texture, in texels."""
+    texture_color: Literal["views", "normal"] = "views"
+    """Colour baked into the texture: "views", the radiance field's colour averaged over the training views that see the surface point (inside their masks, occlusion tested), weighted by the pixels the point covers in each; "normal", the colour seen head-on along the surface normal (also where no view sees a point)."""
+    texture_views: int = 4
+    """With --texture-color views: the most views averaged per texel (those in which the point covers the most pixels); each adds one radiance-network query per texel."""
     level: float = 0.0
     """Level of the level-set function to extract (0 is the surface)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -118,7 +122,16 @@ class Mesh:
         for report in reports:
             console.print(f"  {report.line()}")
         if self.texture:
-            mesh = bake_texture(model, mesh, self.texture_size, self.chunk_size // 2, self.progress)
+            views = training_views(outputs) if self.texture_color == "views" else None
+            mesh = bake_texture(
+                model, mesh, self.texture_size, self.chunk_size // 2, self.progress, views=views,
+                max_views=self.texture_views,
+            )
+            if views is not None:
+                console.print(
+                    f"  texture: colour averaged over up to {self.texture_views} of {len(views.intrinsics)} training views; "
+                    f"{100 * mesh.metadata['texels_seen_fraction']:.1f}% of the texels seen by a view, the rest head-on"
+                )
         elif self.vertex_colors:
             mesh.visual.vertex_colors = vertex_colors(model, np.asarray(mesh.vertices), self.chunk_size // 2)
         if self.space == "data":
@@ -140,6 +153,8 @@ class Mesh:
             check_textured_path(self.output_path)
             if self.texture_size < 64:
                 raise UserInputError(f"--texture-size {self.texture_size}: give at least 64 texels per side.")
+            if self.texture_views < 1:
+                raise UserInputError(f"--texture-views {self.texture_views}: give at least 1 view per texel.")
         if self.target_faces is not None and self.target_faces < 4:
             raise UserInputError(f"--target-faces {self.target_faces}: give at least 4 faces.")
         if not 0.0 <= self.min_component_fraction <= 1.0:
