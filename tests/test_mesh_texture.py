@@ -1,6 +1,7 @@
 """Textured meshes: the UV atlas, the bake of an analytic colour field, the filled gutters, the written files,
 and `neurecon mesh --texture` on a trained run."""
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -38,6 +39,12 @@ def torus_sdf(points: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def torus():
     return extract_level_set(torus_sdf, [-0.8] * 3, [0.8] * 3, 40, progress=False)
+
+
+@pytest.fixture(scope="module")
+def coarse_torus():
+    """Fewer faces, for the tests that bake more than once (the unwrap dominates their time)."""
+    return extract_level_set(torus_sdf, [-0.8] * 3, [0.8] * 3, 24, progress=False)
 
 
 def color_field(points: torch.Tensor) -> torch.Tensor:
@@ -129,10 +136,10 @@ def baked_colors_at_face_centres(textured: trimesh.Trimesh) -> torch.Tensor:
     return sample_texture(texture, uv[torch.as_tensor(textured.faces)].mean(dim=1))
 
 
-def test_view_averaged_bake_of_a_view_independent_colour_is_the_head_on_bake(torus):
+def test_view_averaged_bake_of_a_view_independent_colour_is_the_head_on_bake(coarse_torus):
     views = look_at_views([[0.0, 0.0, 3.0], [3.0, 0.0, 1.0], [-2.0, 2.0, -1.5], [0.0, -3.0, -1.0], [1.0, 1.0, -3.0]])
-    head_on = bake_texture(ColorFieldModel(), torus, texture_size=128)
-    averaged = bake_texture(ColorFieldModel(), torus, texture_size=128, views=views, max_views=3)
+    head_on = bake_texture(ColorFieldModel(), coarse_torus, texture_size=128)
+    averaged = bake_texture(ColorFieldModel(), coarse_torus, texture_size=128, views=views, max_views=3)
     assert averaged.metadata["texels_seen_fraction"] > 0.6, "the views see most of the torus"
     difference = np.abs(
         np.asarray(averaged.visual.material.image, dtype=np.int64) - np.asarray(head_on.visual.material.image, dtype=np.int64)
@@ -167,9 +174,9 @@ def test_a_point_occluded_from_a_view_does_not_take_that_views_colour():
     assert 0 in leaky.view_index[0].tolist()
 
 
-def test_texels_that_no_view_sees_take_the_head_on_colour(torus):
+def test_texels_that_no_view_sees_take_the_head_on_colour(coarse_torus):
     above = np.array([0.0, 0.0, 3.0])
-    textured = bake_texture(DirectionColorModel(), torus, texture_size=128, views=look_at_views([above]))
+    textured = bake_texture(DirectionColorModel(), coarse_torus, texture_size=128, views=look_at_views([above]))
     colors = baked_colors_at_face_centres(textured)
     centers = torch.as_tensor(textured.triangles_center).requires_grad_(True)
     (gradient,) = torch.autograd.grad(torus_sdf(centers).sum(), centers)
@@ -310,6 +317,9 @@ def test_mesh_command_texture_with_cleanup_on_a_trained_run(tiny_neus_run, tmp_p
     ).main()
     output = capsys.readouterr().out
     assert "simplify:" in output and "small components:" in output and "fill holes:" in output
+    seen = re.search(r"texture: colour averaged over up to 4 of (\d+) training views; ([\d.]+)% of the texels seen", " ".join(output.split()))
+    assert seen is not None, output
+    assert float(seen.group(2)) > 20.0, "the training views see much of the surface"
     for suffix in (".obj", ".mtl", ".png", ".glb"):
         assert (tmp_path / f"run{suffix}").is_file(), suffix
     loaded = trimesh.load(tmp_path / "run.glb", force="mesh", process=False)
@@ -320,6 +330,20 @@ def test_mesh_command_texture_with_cleanup_on_a_trained_run(tiny_neus_run, tmp_p
 
     with pytest.raises(UserInputError, match=r"run\.ply: --texture writes OBJ \(\+ MTL \+ PNG\) and GLB, not '\.ply'; end the output path with \.obj or \.glb\."):
         Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.ply", texture=True).main()
+    # head-on instead: another texture of the same mesh
+    Mesh(
+        load_config=tiny_neus_run, output_path=tmp_path / "normal.glb", resolution=48, texture=True, texture_size=128,
+        target_faces=1500, min_component_fraction=0.05, fill_holes=20, device="cpu", progress=False,
+        texture_color="normal",
+    ).main()
+    assert "texture: colour averaged" not in capsys.readouterr().out
+    head_on = trimesh.load(tmp_path / "normal.glb", force="mesh", process=False)
+    assert len(head_on.faces) == len(loaded.faces)
+    head_on_texture = np.asarray(head_on.visual.material.baseColorTexture.convert("RGB"))
+    assert np.abs(head_on_texture.astype(int) - texture.astype(int)).mean() > 1.0
+
+    with pytest.raises(UserInputError, match="--texture-views 0: give at least 1 view per texel"):
+        Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.obj", texture=True, texture_views=0).main()
     with pytest.raises(UserInputError, match="--target-faces 2: give at least 4 faces"):
         Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.ply", target_faces=2).main()
     with pytest.raises(UserInputError, match="--min-component-fraction 2: give a fraction between 0 and 1"):
