@@ -1,11 +1,11 @@
 """Textured meshes: the mesh unwrapped into one UV atlas (xatlas), the radiance field's colour baked into a
 texture, the gutters between charts filled, written as OBJ + MTL + PNG and as one GLB.
 
-The colour of a texel is the radiance network's colour at the surface point the texel covers, seen head-on
-(view direction = minus the outward normal of the SDF), the same colour `--vertex-colors` gives a vertex, or
-seen from the training camera that faces the point most squarely (`model_mesh.surface_colors`). A texture
-cannot change with the viewpoint, so view-dependent colour is frozen at that one view; averaging over the
-training views that see a point would need a visibility test and one network query per view and texel.
+The colour of a texel is the radiance network's colour at the surface point the texel covers, averaged over
+the training views that see the point (`model_mesh.select_views`, `model_mesh.view_averaged_colors`), or seen
+head-on (view direction = minus the outward normal of the SDF), the same colour `--vertex-colors` gives a
+vertex. A texture cannot change with the viewpoint: the average spreads a view-dependent highlight, at a
+fraction of its strength, over the views that saw the point; head-on keeps the colour of one direction.
 """
 
 from __future__ import annotations
