@@ -7,15 +7,17 @@ distance, Hausdorff = the larger of both directions' maximum, from `--num-points
 surface to the other's triangles).
 
 `bake --load-config RUN`: the run's surface extracted (`--resolution`), its small components removed, decimated
-to `--target-faces`, then unwrapped and baked at `--texture-size`; with `--cull-unseen` the same again for the
-surface first culled by the training views and masks (as `neurecon mesh --cull-unseen`, masks grown by
-`--mask-dilation-px`); prints the seconds of each stage. Then, for every `--view-stride`-th training view, four
+to `--target-faces`, then unwrapped and baked at `--texture-size` once per `--colours` (averaged over at most
+`--max-views` of the training views that see each point, as `neurecon mesh --texture` does; head-on; from the
+training camera nearest to head-on); with `--cull-unseen` the same again for the surface first culled by the
+training views and masks (as `neurecon mesh --cull-unseen`, masks grown by `--mask-dilation-px`), baked with the
+first of `--colours`; prints the seconds of each stage. Then, for every `--view-stride`-th training view, four
 images compared with the photograph inside its mask (PSNR): the model's volume render; the mesh rendered by
 `render.rasterize` with the radiance network queried at each pixel's surface point along the pixel's ray (the
-most a surface colour can give); the same with the network seen as the bake sees it (head-on, or from the
-training camera nearest to head-on: both are baked); and the textured mesh (bilinear texture lookup). Volume to
-along-rays is the cost of the surface (its shape and holes), along-rays to as-baked the cost of freezing
-view-dependent colour, as-baked to texture the cost of the bake itself.
+most a surface colour can give); the same with the network's colour computed as the bake computes it, per pixel
+instead of per texel; and the textured mesh (bilinear texture lookup). Volume to along-rays is the cost of the
+surface (its shape and holes), along-rays to as-baked the cost of one colour per point, as-baked to texture the
+cost of the bake itself.
 
     python benchmarks/mesh_products.py simplify
     python benchmarks/mesh_products.py bake --load-config outputs/.../config.yml --texture-size 2048
