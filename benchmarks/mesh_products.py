@@ -161,11 +161,14 @@ def run_bake(args) -> None:
             images["along_rays"][covered] = surface_colors(model, pixel_points, ray_directions[covered])
             images["baked_view"] = np.zeros((camera.height, camera.width, 3))
             if colour == "views":
-                # the texel's faces index the atlas, which keeps the baked mesh's face order
+                # views chosen per face, as the bake does; the atlas keeps the baked mesh's face order
                 selection = select_views(
-                    baked_mesh, pixel_points, fragments.face_index[fragments.mask], views, args.max_views
+                    baked_mesh, np.asarray(baked_mesh.triangles_center), torch.arange(len(baked_mesh.faces)), views,
+                    args.max_views,
                 )
-                images["baked_view"][covered] = view_averaged_colors(model, pixel_points, selection, camera_centers)
+                images["baked_view"][covered] = view_averaged_colors(
+                    model, pixel_points, selection, camera_centers, selection_rows=fragments.face_index[fragments.mask]
+                )
             else:
                 centers = camera_centers if colour == "nearest" else None
                 images["baked_view"][covered] = surface_colors(model, pixel_points, camera_centers=centers)

@@ -178,11 +178,12 @@ def bake_texture(
     point under each texel baked into a `texture_size`^2 texture whose gutters are filled.
 
     The colour is, with `views` (the training cameras), the average over the views that see the point
-    (`select_views`: at most `max_views` of them, those where it covers the most pixels; `view_averaged_colors`);
+    (`select_views`: at most `max_views` of them, those where it covers the most pixels; `view_averaged_colors`),
+    the views chosen per face (at its centroid) and shared by the face's texels;
     otherwise, with `camera_centers`, the colour seen from the camera that faces the point most squarely; otherwise
     the colour seen head-on (`surface_colors`). Texels that no view sees take the head-on colour.
 
-    Memory: the atlas' rasterisation (about 40 bytes per texel), with `views` the chosen views (8 bytes per texel
+    Memory: the atlas' rasterisation (about 40 bytes per texel), with `views` the chosen views (12 bytes per face
     and view kept) and one view's depth buffer, and one chunk of network queries at a time.
     """
     atlas = unwrap(mesh_unit, texture_size, padding_px)
@@ -195,13 +196,16 @@ def bake_texture(
     with progress_bar(progress) as bar:
         if views is not None and len(views.intrinsics) > 0:
             task = bar.add_task("finding the views that see each texel", total=len(views.intrinsics))
+            # per face: a face of a mesh simplified to 100k faces covers about a pixel of a DTU view, so its
+            # centroid decides visibility at the views' resolution, at a thirtieth of the texels' cost
             selection = select_views(
-                mesh_unit, points, texel_faces, views, max_views, use_masks, depth_tolerance,
-                device=model_device(model), on_view=lambda: bar.advance(task),
+                mesh_unit, np.asarray(mesh_unit.triangles_center), torch.arange(len(mesh_unit.faces)), views,
+                max_views, use_masks, depth_tolerance, device=model_device(model), on_view=lambda: bar.advance(task),
             )
             task = bar.add_task(f"baking {texture_size}x{texture_size} texture from {max_views} views", total=len(points))
             colors = view_averaged_colors(
-                model, points, selection, views.c2w_opencv[:, :3, 3], chunk_size, lambda n: bar.advance(task, n)
+                model, points, selection, views.c2w_opencv[:, :3, 3], chunk_size, lambda n: bar.advance(task, n),
+                selection_rows=texel_faces,
             )
         else:
             task = bar.add_task(f"baking {texture_size}x{texture_size} texture", total=len(points))
@@ -211,7 +215,8 @@ def bake_texture(
     texture[covered] = np.round(colors * 255.0).astype(np.uint8)
     result = textured_mesh(mesh_unit, atlas, fill_gutters(texture, covered))
     if views is not None and len(views.intrinsics) > 0:
-        result.metadata["texels_seen_fraction"] = float((selection.weight.sum(dim=1) > 0).float().mean()) if len(points) else 0.0
+        seen = selection.weight.sum(dim=1).cpu()[texel_faces] > 0
+        result.metadata["texels_seen_fraction"] = float(seen.float().mean()) if len(points) else 0.0
     return result
 
 
@@ -316,9 +321,12 @@ def view_averaged_colors(
     camera_centers: Float[np.ndarray, "num_views 3"],
     chunk_size: int = 2**15,
     on_chunk=None,
+    selection_rows: Optional[Int[Tensor, " num_points"]] = None,
 ) -> Float[np.ndarray, "num_points 3"]:
     """RGB in [0, 1]: `sum_k w_k c(x, d_k) / sum_k w_k` over the views `k` of `selection`, `d_k` the direction
     from camera `k`'s centre to the point `x`, `c` the radiance network; head-on where no view sees the point.
+    `selection_rows` gives the row of `selection` of each point (its face, when the views were chosen per face);
+    by default row `i` is point `i`'s.
 
     The geometry network runs once per point, the radiance network once per point and chosen view."""
     device = model_device(model)
@@ -330,8 +338,9 @@ def view_averaged_colors(
         for start in range(0, len(points_unit), chunk_size):
             points = torch.as_tensor(points_unit[start : start + chunk_size], dtype=torch.float32, device=device)
             _, features, gradient = model.field.get_level_value_and_gradient(points)
-            view_index = selection.view_index[start : start + chunk_size].to(device)
-            weight = selection.weight[start : start + chunk_size].to(device)
+            rows = slice(start, start + chunk_size) if selection_rows is None else selection_rows[start : start + chunk_size]
+            view_index = selection.view_index[rows].to(device)
+            weight = selection.weight[rows].to(device)
             color_sum = torch.zeros(len(points), 3, device=device)
             with torch.no_grad():
                 for slot in range(view_index.shape[1]):
