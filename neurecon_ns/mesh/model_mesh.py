@@ -260,8 +260,8 @@ def select_views(
 
     A view sees a point when the point faces it, projects inside its image (and, with `use_masks`, inside its
     mask) and is not occluded: the mesh rasterised from that view (`render.rasterize`) shows at the point's pixel
-    the point's own face, nothing, or a surface no nearer than `(1 - depth_tolerance)` times the point's depth
-    (the tolerance absorbs the depth change across a pixel on a slanted surface). The views are visited one at a
+    the point's own face, nothing, or a surface no nearer than `(1 - depth_tolerance - 1 / (f cos(theta)))` times
+    the point's depth (the depth change across a pixel of a surface inclined by theta, with a margin). The views are visited one at a
     time, so memory holds one depth buffer and the `max_views` slots per point.
     """
     from neurecon_ns.render.rasterize import PinholeCamera, project_to_pixels, rasterize
@@ -269,7 +269,7 @@ def select_views(
     vertices = torch.as_tensor(np.asarray(mesh_unit.vertices), dtype=torch.float64, device=device)
     faces = torch.as_tensor(np.asarray(mesh_unit.faces), dtype=torch.long, device=device)
     face_normals = torch.as_tensor(np.array(mesh_unit.face_normals), dtype=torch.float32, device=device)
-    points_tensor = torch.as_tensor(points, dtype=torch.float32, device=device)
+    points_tensor = torch.as_tensor(np.array(points), dtype=torch.float32, device=device)
     point_faces = point_faces.to(device)
     num_points = len(points_tensor)
     view_index = torch.full((num_points, max_views), -1, dtype=torch.long, device=device)
@@ -298,11 +298,13 @@ def select_views(
             column, row = pixels[:, 0].floor(), pixels[:, 1].floor()
             inside = (depth > 0) & (column >= 0) & (column < width) & (row >= 0) & (row < height)
             pixel = (row.clamp(0, height - 1) * width + column.clamp(0, width - 1)).long()
-            unoccluded = (face_buffer[pixel] == point_faces[chunk]) | (depth * (1.0 - depth_tolerance) <= depth_buffer[pixel])
+            normals = face_normals[point_faces[chunk]]
+            cosine = (normals * F.normalize(center - chunk_points, dim=-1)).sum(dim=-1)
+            # half a pixel across a face inclined by theta changes the depth by up to depth / (2 f cos(theta))
+            slack = depth_tolerance + 1.0 / (min(camera.fx, camera.fy) * cosine.clamp(min=0.1))
+            unoccluded = (face_buffer[pixel] == point_faces[chunk]) | (depth * (1.0 - slack) <= depth_buffer[pixel])
             seen = inside & unoccluded & (mask[pixel] if mask is not None else True)
-            new_weight = torch.where(
-                seen, pixel_weight(chunk_points, face_normals[point_faces[chunk]], center, camera.fx, camera.fy), 0.0
-            )
+            new_weight = torch.where(seen, pixel_weight(chunk_points, normals, center, camera.fx, camera.fy), 0.0)
             # keep the max_views largest weights: the new view replaces the smallest slot when it beats it
             smallest, slot = weight[chunk].min(dim=1)
             replace = new_weight > smallest
