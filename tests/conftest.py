@@ -12,6 +12,7 @@ from helpers import train_tiny
 
 from neurecon_ns.data.synthetic import write_scene
 
+
 @pytest.fixture(autouse=True)
 def cpu_without_bf16_units(monkeypatch):
     monkeypatch.setattr("neurecon_ns.utils.precision.cpu_flags", lambda *args: {"avx2", "fma"})

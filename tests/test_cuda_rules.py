@@ -38,9 +38,11 @@ def half_precision():
 
 def tiny_trainer(method: str, scene: Path, output_dir: Path):
     """The method at a size that takes a step in a second: its own sampler kinds, gradients and losses (neus-fast
-    with its GPU setting, central differences), tiny networks."""
+    with its GPU setting, central differences), tiny networks, and the networks' products following autocast (what
+    `networks.precision: auto` chooses on a GPU)."""
     config = small_cpu_config(method_config(method), scene, output_dir, 100, hidden_dim=32, num_layers=2, rays_per_batch=64)
     model = config.pipeline.model
+    model.networks.precision = "autocast"  # the closed-form node's products in half precision, as on a GPU
     if method == "neus-fast":
         model.networks.gradient = "numerical"
         grid = model.networks.geometry.hash_grid

@@ -48,9 +48,10 @@ class LevelSetNetwork(nn.Module):
     feature_dim: int
     """Size of the feature vector after the level value (the radiance network's input)."""
 
-    product_precision: str = "fp32"
-    """The precision of the products of the network's fast evaluation ("fp32", "bf16" or "autocast"; set by the
-    field, `neurecon_ns.utils.precision`). The reference evaluation runs in float32 whatever it is."""
+    product_dtype: torch.dtype = torch.float32
+    """The dtype of the products of the network's fast evaluation (float32, or bfloat16/float16 where the field's
+    precision asks for them: `neurecon_ns.utils.precision`); the reference evaluation runs in float32 whatever
+    it is."""
 
     def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         raise NotImplementedError

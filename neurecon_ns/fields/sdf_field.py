@@ -185,15 +185,16 @@ class GeometryNetwork(LevelSetNetwork):
     def level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """The level value alone: the output layer's first row only (the samplers' and the mesher's queries
         need no features, which are 256 of the paper network's 257 outputs). The fused query, outside autograd,
-        runs the closed-form pass's forward products (no skip concatenation) in the products' precision
-        (`product_precision`) and returns the value in float32; under autograd, or with the reference
-        implementation, the layers run one by one and the value comes back in at least float32 for the
-        arithmetic of the samplers that read it."""
+        runs the closed-form pass's forward products (no skip concatenation) and returns the value in float32:
+        while training (the samplers' queries) its products run in the products' precision (`product_dtype`),
+        in evaluation (the mesher, evaluation renders) in float32, so that a mesh is the level set of the smooth
+        float32 function of the weights; under autograd, or with the reference implementation, the layers run one
+        by one and the value comes back in at least float32 for the arithmetic of the samplers that read it."""
         if torch.is_grad_enabled() or not self.fused_level_query:
             return at_least_float32(self._mlp(points, level_only=True))
         config = self.config
         device_type = points.device.type
-        dtype = product_dtype(self.product_precision, device_type)
+        dtype = self.product_dtype if self.training else torch.float32
         with full_precision(device_type):
             encoded = at_least_float32(self.encoding(points.reshape(-1, 3) * config.input_scale))
             parameters = [at_least_float32(tensor) for tensor in self._weights_and_biases()]
@@ -248,7 +249,7 @@ class GeometryNetwork(LevelSetNetwork):
         """
         config = self.config
         device_type = points.device.type
-        dtype = product_dtype(self.product_precision, device_type)
+        dtype = self.product_dtype
         # the encoding and its Jacobian in float32 under mixed precision too: the node takes what it multiplies
         # in `dtype` itself, and the SDF gradient (the eikonal term is a difference of nearly equal numbers) is the
         # float32 product of the encoding's Jacobian and the node's float32 gradient
@@ -283,8 +284,8 @@ class RadianceNetworkConfig(InstantiateConfig):
 class RadianceNetwork(nn.Module):
     """MLP `(x, v, n, z) -> rgb` in [0, 1]."""
 
-    product_precision: str = "fp32"
-    """The precision of the products ("fp32", "bf16" or "autocast"; set by the field,
+    product_dtype: torch.dtype = torch.float32
+    """The dtype of the products (float32, or a half precision where the field's precision asks for one:
     `neurecon_ns.utils.precision`); the colour comes back in float32 for the losses."""
 
     def __init__(self, config: RadianceNetworkConfig, feature_dim: int) -> None:
@@ -317,9 +318,9 @@ class RadianceNetwork(nn.Module):
         if self.config.use_normals:
             narrow.append(normals)
         batch_shape, feature_dim = features.shape[:-1], features.shape[-1]
-        # an explicit half precision casts operands and parameters here (the parameters stay float32, their
-        # gradients come back through the casts); "autocast" leaves the casts to the autocast around the call
-        dtype = product_dtype(self.product_precision, features.device.type)
+        # operands and parameters cast here to a half precision (the parameters stay float32, their gradients come
+        # back through the casts); in float32 autocast, where it is on, casts them as it does
+        dtype = self.product_dtype
         cast = (lambda tensor: tensor.to(dtype)) if dtype in (torch.float16, torch.bfloat16) else (lambda tensor: tensor)
         first, *rest = self.layers
         weight = first.weight
@@ -402,15 +403,19 @@ class SurfaceField(nn.Module):
 
     def resolve_precision(self, device_type: str) -> str:
         """The products' precision on `device_type`, chosen at the first call (from the config, the CPU's flags or
-        the GPU's autocast), reported in one line and handed to both networks."""
+        the GPU's autocast) and reported in one line."""
         if self.resolved_precision is None:
             self.resolved_precision = resolve_precision(self.config.precision, device_type)
-            self.geometry_network.product_precision = self.resolved_precision
-            self.radiance_network.product_precision = self.resolved_precision
             from nerfstudio.utils.rich_utils import CONSOLE
 
             CONSOLE.print(precision_message(self.config.precision, self.resolved_precision, device_type))
         return self.resolved_precision
+
+    def _set_product_dtype(self, device_type: str) -> None:
+        """Hand both networks the dtype of their products for this call: read here, before the field turns
+        autocast off around the level value and its gradient, since "autocast" follows the caller's."""
+        dtype = product_dtype(self.resolve_precision(device_type), device_type)
+        self.geometry_network.product_dtype = self.radiance_network.product_dtype = dtype
 
     def forward_geonetwork(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         """`[level_value, feature...]` per point (nerfstudio's exporter reads column 0)."""
@@ -418,7 +423,7 @@ class SurfaceField(nn.Module):
 
     def get_level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """The level-set value alone (SDF or occupancy logit)."""
-        self.resolve_precision(points.device.type)
+        self._set_product_dtype(points.device.type)
         return self._network_pass("level value", self.geometry_network.level_value)(points)
 
     def update_to_step(self, step: int) -> None:
@@ -447,7 +452,7 @@ class SurfaceField(nn.Module):
         """
         if create_graph is None:
             create_graph = self.training and torch.is_grad_enabled()
-        self.resolve_precision(points.device.type)
+        self._set_product_dtype(points.device.type)
         with full_precision(points.device.type):
             return self._level_value_and_gradient(at_least_float32(points), create_graph)
 
@@ -533,7 +538,7 @@ class SurfaceField(nn.Module):
         gradients: Float[Tensor, "*bs 3"],
         features: Float[Tensor, "*bs feature_dim"],
     ) -> Float[Tensor, "*bs 3"]:
-        self.resolve_precision(points.device.type)
+        self._set_product_dtype(points.device.type)
         return self._network_pass("radiance", self.radiance_network.forward)(points, directions, gradients, features)
 
     def forward(self, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]) -> Dict[str, Tensor]:

@@ -102,6 +102,19 @@ def products(layer: Layer, hidden: Tensor, encoded: Tensor, rows: slice = slice(
     return pre_activation
 
 
+def softplus_and_slope(pre_activation: Tensor, beta: float) -> Tuple[Tensor, Tensor]:
+    """`(softplus_beta(z), sigmoid(beta z))`, the activation from its slope `s`:
+
+        softplus_beta(z) = max(z, 0) + log(1 + exp(-beta |z|)) / beta = max(z, 0) - log(max(s, 1 - s)) / beta,
+
+    since `1 / (1 + exp(-beta |z|))` is `s` for `z >= 0` and `1 - s` below. One exponential and one logarithm
+    per element, where torch's CPU softplus takes an exponential and a `log1p` (the slowest of the three), and
+    the argument of the logarithm lies in [1/2, 1], where it is exact to the dtype's precision."""
+    slope = torch.mul(pre_activation, beta).sigmoid_()
+    activation = torch.relu(pre_activation).sub_(torch.maximum(slope, 1.0 - slope).log_(), alpha=1.0 / beta)
+    return activation, slope
+
+
 def level_value_without_grad(
     encoded: Tensor,
     beta: float,
@@ -118,7 +131,7 @@ def level_value_without_grad(
     encoded_products = encoded.to(dtype)
     hidden = encoded_products
     for layer in layers[:-1]:
-        hidden = torch.nn.functional.softplus(products(layer, hidden, encoded_products), beta)
+        hidden, _ = softplus_and_slope(products(layer, hidden, encoded_products), beta)
     return products(layers[-1], hidden, encoded_products, slice(0, 1)).to(encoded.dtype).div_(input_scale)
 
 
@@ -163,9 +176,8 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
         hidden = encoded_products
         for layer in layers[:num_hidden]:
             inputs.append(hidden)
-            pre_activation = products(layer, hidden, encoded_products)
-            slopes.append(torch.mul(pre_activation, beta).sigmoid_())
-            hidden = torch.nn.functional.softplus(pre_activation, beta)
+            hidden, slope = softplus_and_slope(products(layer, hidden, encoded_products), beta)
+            slopes.append(slope)
         inputs.append(hidden)
         level = products(layers[num_hidden], hidden, encoded_products, slice(0, 1)).to(encoded.dtype).div_(input_scale)
         features = products(layers[num_hidden], hidden, encoded_products, slice(1, None))
