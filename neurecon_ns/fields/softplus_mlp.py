@@ -262,7 +262,7 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
         output_layer = layers[num_hidden]
         for block in output_layer.blocks:
             block_gbar = grad_encoded_grad if block.of_encoding else gbar
-            weight_grads[num_hidden][0, block.columns] += output_layer.scale * block_gbar.sum(dim=0, dtype=encoded.dtype)
+            weight_grads[num_hidden][0, block.columns] += output_layer.scale * block_gbar.sum(dim=0).to(encoded.dtype)
 
         # value path, from the output down; `zbar` is d loss / d z_l, the output layer's in two blocks of rows
         # (the features' first: the level row's product is a rank-one update, fast in place only)
@@ -271,7 +271,8 @@ class SoftplusMLPWithGradient(torch.autograd.Function):
             layer = layers[index]
             input_grad = None
             for rows, zbar in zbar_rows:
-                bias_grads[index][rows] = zbar.sum(dim=0, dtype=encoded.dtype)
+                # a half precision sum accumulates in float32 inside the kernel; `dtype=` would cast the input first
+                bias_grads[index][rows] = zbar.sum(dim=0)
                 for block in layer.blocks:
                     block_input = encoded_products if block.of_encoding else inputs[index]
                     add_product(weight_grads[index][rows, block.columns], zbar.t(), block_input, alpha=layer.scale)
