@@ -8,6 +8,7 @@ operator; the table is for finding what to change, `training_throughput.py` for 
 
     python benchmarks/step_profile.py                        # neus-dtu, CPU
     python benchmarks/step_profile.py --method unisurf-dtu --top 40
+    python benchmarks/step_profile.py --set networks.precision=bf16
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=30, help="operators to list")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="model settings by dotted name, e.g. networks.precision=bf16")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="neurecon_profile_"))
     scene = work / "scene"
     write_scene(scene, num_views=16, width=128, height=128, mesh_resolution=64)
-    trainer, _ = build_trainer(args.method, scene, work / "outputs", args.device)
+    trainer, _ = build_trainer(args.method, scene, work / "outputs", args.device, settings=args.set)
     for step in range(args.warmup):
         run_iteration(trainer, step)
     timer = OperatorTimer(args.device)

@@ -37,11 +37,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: str, size: int = 2048, repeats: int = 30) -> float:
-    """FLOP/s of `size x size` fp32 matmuls (the best of `repeats`; `main` measures it before and after the
+def matmul_peak(device: str, size: int = 2048, repeats: int = 30, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of `size x size` matmuls in `dtype` (the best of `repeats`; `main` measures it before and after the
     methods and keeps the higher, as other processes on a shared machine can slow any one measurement)."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):

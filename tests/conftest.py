@@ -1,5 +1,9 @@
 """Shared fixtures: synthetic scenes are rendered once per test session into a temporary directory, and the
-tiny `ns-train neus-dtu` run that the command-line tests load is trained once on one of them."""
+tiny `ns-train neus-dtu` run that the command-line tests load is trained once on one of them.
+
+In this process the CPU is taken to have no bf16 matrix units, so that `networks.precision: auto` means float32
+on every machine and a test's tolerances do not depend on the CPU it runs on; the bfloat16 path is tested where
+a test asks for it by name (tests/test_precision.py)."""
 
 from pathlib import Path
 
@@ -7,6 +11,12 @@ import pytest
 from helpers import train_tiny
 
 from neurecon_ns.data.synthetic import write_scene
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_bf16_units(monkeypatch):
+    monkeypatch.setattr("neurecon_ns.utils.precision.cpu_flags", lambda *args: {"avx2", "fma"})
+
 
 SHARED_DTU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dtu_scan65_400x300"
 

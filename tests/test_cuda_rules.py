@@ -38,9 +38,11 @@ def half_precision():
 
 def tiny_trainer(method: str, scene: Path, output_dir: Path):
     """The method at a size that takes a step in a second: its own sampler kinds, gradients and losses (neus-fast
-    with its GPU setting, central differences), tiny networks."""
+    with its GPU setting, central differences), tiny networks, and the networks' products following autocast (what
+    `networks.precision: auto` chooses on a GPU)."""
     config = small_cpu_config(method_config(method), scene, output_dir, 100, hidden_dim=32, num_layers=2, rays_per_batch=64)
     model = config.pipeline.model
+    model.networks.precision = "autocast"  # the closed-form node's products in half precision, as on a GPU
     if method == "neus-fast":
         model.networks.gradient = "numerical"
         grid = model.networks.geometry.hash_grid
@@ -228,12 +230,13 @@ def test_the_central_difference_step_stays_on_the_device():
 
 def test_closed_form_node_computes_in_float32_under_any_autocast():
     """`SoftplusMLPWithGradient` casts and turns autocast off itself (as `custom_fwd`/`custom_bwd` would), so a
-    caller under autocast, with half-precision inputs, gets the float32 result and gradients."""
+    caller under autocast, with half-precision inputs, gets the float32 result and gradients when its products
+    are asked for in float32."""
     torch.manual_seed(0)
     network = GeometryNetworkConfig(num_layers=3, hidden_dim=64, skip_layers=(2,)).setup()
     encoded = network.encoding(torch.rand(50, 3) * 2 - 1).half().float()  # values a half-precision input can hold
     parameters = network._weights_and_biases()
-    arguments = (network.config.softplus_beta, tuple(network.config.skip_layers), 1.0)
+    arguments = (network.config.softplus_beta, tuple(network.config.skip_layers), 1.0, torch.float32)
     expected = SoftplusMLPWithGradient.apply(encoded, *arguments, *parameters)
     expected_grads = torch.autograd.grad(sum(output.sum() for output in expected), parameters)
     with torch.autocast("cpu", dtype=torch.float16):

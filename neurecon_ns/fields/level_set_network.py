@@ -48,6 +48,11 @@ class LevelSetNetwork(nn.Module):
     feature_dim: int
     """Size of the feature vector after the level value (the radiance network's input)."""
 
+    product_dtype: torch.dtype = torch.float32
+    """The dtype of the products of the network's fast evaluation (float32, or bfloat16/float16 where the field's
+    precision asks for them: `neurecon_ns.utils.precision`); the reference evaluation runs in float32 whatever
+    it is."""
+
     def forward(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         raise NotImplementedError
 

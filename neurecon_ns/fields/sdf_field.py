@@ -25,6 +25,7 @@ from neurecon_ns.fields.level_set_network import LevelSetNetwork
 from neurecon_ns.fields.siren import SirenGeometryConfig
 from neurecon_ns.fields.softplus_mlp import SoftplusMLPWithGradient, level_value_without_grad
 from neurecon_ns.utils.accelerator import at_least_float32, full_precision
+from neurecon_ns.utils.precision import Precision, precision_message, product_dtype, resolve_precision
 
 
 class PositionalEncoding(nn.Module):
@@ -184,16 +185,20 @@ class GeometryNetwork(LevelSetNetwork):
     def level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """The level value alone: the output layer's first row only (the samplers' and the mesher's queries
         need no features, which are 256 of the paper network's 257 outputs). The fused query, outside autograd,
-        runs the closed-form pass's forward products in float32 (no skip concatenation); under autograd, or
-        with the reference implementation, the layers run one by one and the value comes back in at least
-        float32 for the arithmetic of the samplers that read it."""
+        runs the closed-form pass's forward products (no skip concatenation) and returns the value in float32:
+        while training (the samplers' queries) its products run in the products' precision (`product_dtype`),
+        in evaluation (the mesher, evaluation renders) in float32, so that a mesh is the level set of the smooth
+        float32 function of the weights; under autograd, or with the reference implementation, the layers run one
+        by one and the value comes back in at least float32 for the arithmetic of the samplers that read it."""
         if torch.is_grad_enabled() or not self.fused_level_query:
             return at_least_float32(self._mlp(points, level_only=True))
         config = self.config
-        with full_precision(points.device.type):
+        device_type = points.device.type
+        dtype = self.product_dtype if self.training else torch.float32
+        with full_precision(device_type):
             encoded = at_least_float32(self.encoding(points.reshape(-1, 3) * config.input_scale))
             parameters = [at_least_float32(tensor) for tensor in self._weights_and_biases()]
-            level_value = level_value_without_grad(encoded, config.softplus_beta, config.skip_layers, config.input_scale, parameters)
+            level_value = level_value_without_grad(encoded, config.softplus_beta, config.skip_layers, config.input_scale, parameters, dtype)
         return level_value.reshape(*points.shape[:-1], 1)
 
     def _weights_and_biases(self) -> List[Tensor]:
@@ -243,12 +248,15 @@ class GeometryNetwork(LevelSetNetwork):
         `autograd.grad(..., create_graph=True)`, and no graph of the layers' operations.
         """
         config = self.config
-        # full precision under mixed precision too, encoding included: the hand-written backward multiplies the
-        # tensors the forward kept with fp32 gradients, and the eikonal term is a difference of nearly equal numbers
-        with full_precision(points.device.type):
+        device_type = points.device.type
+        dtype = self.product_dtype
+        # the encoding and its Jacobian in float32 under mixed precision too: the node takes what it multiplies
+        # in `dtype` itself, and the SDF gradient (the eikonal term is a difference of nearly equal numbers) is the
+        # float32 product of the encoding's Jacobian and the node's float32 gradient
+        with full_precision(device_type):
             encoded, encoding_jacobian = self.encoding.forward_with_jacobian(points * config.input_scale)
             level_value, features, grad_encoded = SoftplusMLPWithGradient.apply(
-                encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, *self._weights_and_biases()
+                encoded, config.softplus_beta, tuple(config.skip_layers), config.input_scale, dtype, *self._weights_and_biases()
             )
             # the input scale cancels: d (level / s) / d x at x * s
             return level_value, features, torch.einsum("nd,nda->na", grad_encoded, encoding_jacobian)
@@ -275,6 +283,10 @@ class RadianceNetworkConfig(InstantiateConfig):
 
 class RadianceNetwork(nn.Module):
     """MLP `(x, v, n, z) -> rgb` in [0, 1]."""
+
+    product_dtype: torch.dtype = torch.float32
+    """The dtype of the products (float32, or a half precision where the field's precision asks for one:
+    `neurecon_ns.utils.precision`); the colour comes back in float32 for the losses."""
 
     def __init__(self, config: RadianceNetworkConfig, feature_dim: int) -> None:
         super().__init__()
@@ -306,15 +318,20 @@ class RadianceNetwork(nn.Module):
         if self.config.use_normals:
             narrow.append(normals)
         batch_shape, feature_dim = features.shape[:-1], features.shape[-1]
+        # operands and parameters cast here to a half precision (the parameters stay float32, their gradients come
+        # back through the casts); in float32 autocast, where it is on, casts them as it does
+        dtype = self.product_dtype
+        cast = (lambda tensor: tensor.to(dtype)) if dtype in (torch.float16, torch.bfloat16) else (lambda tensor: tensor)
         first, *rest = self.layers
         weight = first.weight
-        hidden = F.linear(torch.cat(narrow, dim=-1).reshape(-1, weight.shape[1] - feature_dim), weight[:, :-feature_dim], first.bias)
+        narrow_input = torch.cat(narrow, dim=-1).reshape(-1, weight.shape[1] - feature_dim)
+        hidden = F.linear(cast(narrow_input), cast(weight[:, :-feature_dim]), cast(first.bias))
         # out of place: autocast casts `addmm`'s operands to one precision, never an in-place product's
-        hidden = torch.addmm(hidden, features.reshape(-1, feature_dim), weight[:, -feature_dim:].t())
+        hidden = torch.addmm(hidden, cast(features.reshape(-1, feature_dim)), cast(weight[:, -feature_dim:].t()))
         for layer in rest:
-            hidden = layer(torch.relu(hidden))
+            hidden = F.linear(torch.relu(hidden), cast(layer.weight), cast(layer.bias))
         hidden = hidden.reshape(*batch_shape, -1)
-        return torch.sigmoid(hidden)
+        return torch.sigmoid(at_least_float32(hidden))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -346,6 +363,12 @@ class SurfaceFieldConfig(InstantiateConfig):
     numerical_gradient_step: float = 0.0
     """Central-difference step in training-space units; 0 leaves it to the network (the finest active hash
     level's cell, shrinking as levels switch on, or 1e-3 without a hash grid)."""
+    precision: Precision = "auto"
+    """Precision of the geometry (fused implementation) and radiance networks' products: "bf16" (bfloat16 with
+    float32 accumulation; the parameters, the level value the mappings read and the SDF gradient stay float32),
+    "fp32", "autocast" (follow the autocast around the step: nerfstudio's --mixed-precision on a GPU), or "auto":
+    bf16 on a CPU with bf16 matrix units (amx_bf16 or avx512_bf16 flags), fp32 on other CPUs, autocast on GPUs.
+    Chosen when the field first runs and reported in one line; docs/speed.md says what runs in which."""
     compile: bool = False
     """`torch.compile` the networks' passes (the geometry network with its closed-form gradient, the
     geometry network alone, the radiance network). Needs a C++ compiler on a CPU (Triton on a GPU); where
@@ -373,9 +396,26 @@ class SurfaceField(nn.Module):
             )
         self.geometry_network: LevelSetNetwork = config.siren.setup() if config.geometry_type == "siren" else config.geometry.setup()
         self.radiance_network = RadianceNetwork(config.radiance, feature_dim=self.geometry_network.feature_dim)
+        self.resolved_precision: Optional[str] = None  # "fp32", "bf16" or "autocast", once the field has run
         self._compiled: Dict[str, Callable] = {}  # network passes given to torch.compile, by name
         self._compile_failed = False
         self._backward_compiled: Set[str] = set()  # passes whose compiled backward has run once
+
+    def resolve_precision(self, device_type: str) -> str:
+        """The products' precision on `device_type`, chosen at the first call (from the config, the CPU's flags or
+        the GPU's autocast) and reported in one line."""
+        if self.resolved_precision is None:
+            self.resolved_precision = resolve_precision(self.config.precision, device_type)
+            from nerfstudio.utils.rich_utils import CONSOLE
+
+            CONSOLE.print(precision_message(self.config.precision, self.resolved_precision, device_type))
+        return self.resolved_precision
+
+    def _set_product_dtype(self, device_type: str) -> None:
+        """Hand both networks the dtype of their products for this call: read here, before the field turns
+        autocast off around the level value and its gradient, since "autocast" follows the caller's."""
+        dtype = product_dtype(self.resolve_precision(device_type), device_type)
+        self.geometry_network.product_dtype = self.radiance_network.product_dtype = dtype
 
     def forward_geonetwork(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs out_dim"]:
         """`[level_value, feature...]` per point (nerfstudio's exporter reads column 0)."""
@@ -383,6 +423,7 @@ class SurfaceField(nn.Module):
 
     def get_level_value(self, points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """The level-set value alone (SDF or occupancy logit)."""
+        self._set_product_dtype(points.device.type)
         return self._network_pass("level value", self.geometry_network.level_value)(points)
 
     def update_to_step(self, step: int) -> None:
@@ -411,6 +452,7 @@ class SurfaceField(nn.Module):
         """
         if create_graph is None:
             create_graph = self.training and torch.is_grad_enabled()
+        self._set_product_dtype(points.device.type)
         with full_precision(points.device.type):
             return self._level_value_and_gradient(at_least_float32(points), create_graph)
 
@@ -496,6 +538,7 @@ class SurfaceField(nn.Module):
         gradients: Float[Tensor, "*bs 3"],
         features: Float[Tensor, "*bs feature_dim"],
     ) -> Float[Tensor, "*bs 3"]:
+        self._set_product_dtype(points.device.type)
         return self._network_pass("radiance", self.radiance_network.forward)(points, directions, gradients, features)
 
     def forward(self, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]) -> Dict[str, Tensor]:

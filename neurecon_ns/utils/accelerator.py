@@ -32,6 +32,14 @@ def autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled() if device_type == "cuda" else False
 
 
+def autocast_dtype(device_type: str) -> torch.dtype:
+    """The dtype autocast casts products to on `device_type`, on any torch version."""
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
 def full_precision(device_type: str) -> ContextManager:
     """Autocast off for `device_type` (a no-op context for devices without autocast)."""
     if device_type not in AUTOCAST_DEVICE_TYPES:
