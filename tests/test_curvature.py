@@ -18,6 +18,8 @@ from neurecon_ns.fields.level_set_network import LevelSetNetwork
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
 from neurecon_ns.models.surface_model import curvature_loss_weight_at, mean_absolute_laplacian
 from neurecon_ns.training import method_config, run_iteration, setup_trainer, small_cpu_config
+from neurecon_ns.utils.accelerator import as_on_a_gpu
+from neurecon_ns.utils.cuda_rules import CudaAutocastRules, HostSyncCounter
 
 
 class AnalyticLevelSet(LevelSetNetwork):
@@ -230,3 +232,36 @@ def test_curvature_loss_is_off_by_default_and_costs_nothing(small_scene, tmp_pat
     outputs = trainer.pipeline.model(ray_bundle)
     assert "laplacians" not in outputs
     assert "curvature_loss" not in trainer.pipeline.model.get_loss_dict(outputs, batch)
+
+
+@pytest.mark.parametrize("gradient", ["numerical", "analytic"])
+def test_curvature_loss_under_half_precision_takes_no_host_sync(gradient, small_scene, tmp_path):
+    """A training step's model work with the curvature loss on, under CUDA's half-precision rules on the GPU path:
+    a finite float32 loss, finite parameter gradients, and no host sync (the schedule's step `h` stays a tensor on
+    the device)."""
+    config = small_cpu_config(method_config("neus-fast"), small_scene.output_dir, tmp_path, 40, rays_per_batch=32)
+    model_config = config.pipeline.model
+    model_config.networks.gradient = gradient
+    model_config.curvature_loss_weight, model_config.curvature_num_rays = 1e-2, 8
+    grid = model_config.networks.geometry.hash_grid
+    grid.num_levels, grid.max_resolution, grid.log2_hashmap_size = 4, 64, 12
+    torch.manual_seed(0)
+    trainer = setup_trainer(config)
+    model = trainer.pipeline.model
+    trainer.pipeline.train()
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(30, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    ray_bundle, batch = trainer.pipeline.datamanager.next_train(30)
+    with as_on_a_gpu(), HostSyncCounter() as counter, torch.autocast("cpu", dtype=torch.float16), CudaAutocastRules():
+        outputs = model(ray_bundle)
+        loss_dict = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+        loss = sum(loss_dict.values())
+    with as_on_a_gpu(), HostSyncCounter() as backward_counter:
+        loss.backward()
+    counter.counts.update(backward_counter.counts)
+    assert counter.total == 0, dict(counter.counts)
+    curvature = loss_dict["curvature_loss"]
+    assert curvature.dtype == torch.float32 and torch.isfinite(curvature) and curvature > 0
+    assert outputs["laplacians"].dtype == torch.float32
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
