@@ -27,13 +27,15 @@ sphere), its largest connected component kept and mapped to the data's units, an
 It writes a picture of three held-out views: the photograph, the mesh shaded from that camera, and the mesh's
 normals as colours, side by side (`--images-dir`, `real_scan_<label>.jpg`), and the numbers as JSON beside it.
 `--save-run DIR` keeps the run (config.yml and the last checkpoint, as ns-train writes them) for `neurecon mesh`,
-`ns-viewer` or `--load-config`, which measures a kept run again without training. `docs/benchmarks.md` keeps
-results.
+`ns-viewer` or `--load-config`, which measures a kept run again without training. `--exact-surface` measures a
+synthetic scene's exact surface in place of a model: the floor of the IoU and noise columns. `docs/benchmarks.md`
+keeps results.
 
     python benchmarks/real_scan.py --label before --images-dir docs/images --save-run /tmp/real_scan_runs/before
     python benchmarks/real_scan.py --steps 300 --label smoke
     python benchmarks/real_scan.py --label numerical --set networks.gradient=numerical
     python benchmarks/real_scan.py --data /tmp/dtu_like --label synthetic      # a scene from `neurecon synth --preset dtu`
+    python benchmarks/real_scan.py --data /tmp/dtu_like --exact-surface --label exact
     python benchmarks/real_scan.py --load-config /tmp/real_scan_runs/before/.../config.yml --label before
 """
 
@@ -192,10 +194,16 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
     pinholes = [PinholeCamera.from_cameras(cameras, index) for index in range(num_views)]
 
     started = time.perf_counter()
-    mesh_unit = keep_largest_component(extract_model_surface(model, resolution=args.mesh_resolution))
+    reference = exact_surface(data)
+    if model is None:  # the exact surface itself: the floor of each column
+        if reference is None:
+            raise UserInputError(f"{data}: --exact-surface needs a synthetic scene (scene.json and gt_mesh_unit.ply).")
+        mesh_unit = reference
+    else:
+        mesh_unit = keep_largest_component(extract_model_surface(model, resolution=args.mesh_resolution))
     mesh_data = transform_mesh(mesh_unit, unit_to_data)
     ious = silhouette_ious(mesh_unit, pinholes, masks)
-    psnrs = held_out_psnr(model, cameras, held_out, images, masks, args.psnr_pixels)
+    psnrs = [float("nan")] if model is None else held_out_psnr(model, cameras, held_out, images, masks, args.psnr_pixels)
     results: Dict[str, float] = {
         "mean_iou": float(ious.mean()),
         "min_iou": float(ious.min()),
@@ -209,8 +217,7 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
     pixel_unit = float(centres / cameras.fx.mean())
     data_per_unit = float(abs(np.linalg.det(unit_to_data[:3, :3])) ** (1.0 / 3.0))
     results["pixel_at_object_data_units"] = pixel_unit * data_per_unit
-    reference = exact_surface(data)
-    if reference is not None:
+    if reference is not None and model is not None:
         report = compare_meshes(seen_part(mesh_unit, pinholes), seen_part(reference, pinholes), num_points=100_000)
         results["chamfer_data_units"] = report.chamfer * data_per_unit
         results["chamfer_pixels"] = report.chamfer / pixel_unit
@@ -235,10 +242,15 @@ TABLE_HEADER = (
 
 
 def table_row(label: str, method: str, steps: int, train_seconds: float, results: Dict[str, float]) -> str:
-    chamfer = f"{results['chamfer_pixels']:.2f}" if "chamfer_pixels" in results else "-"
+    def number(value: float, digits: int) -> str:
+        return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+    chamfer = number(results.get("chamfer_pixels", float("nan")), 2)
+    seconds = number(train_seconds, 0)
+    per_step = number(train_seconds / steps if steps else float("nan"), 2)
     return (
-        f"| {label} | {method} | {steps} | {train_seconds:.0f} | {train_seconds / max(steps, 1):.2f} | {results['mean_iou']:.4f} "
-        f"| {results['min_iou']:.4f} | {results['held_out_psnr_masked']:.2f} | {results['surface_noise_deg']:.2f} | {chamfer} |"
+        f"| {label} | {method} | {steps} | {seconds} | {per_step} | {results['mean_iou']:.4f} | {results['min_iou']:.4f} "
+        f"| {number(results['held_out_psnr_masked'], 2)} | {results['surface_noise_deg']:.2f} | {chamfer} |"
     )
 
 
@@ -259,12 +271,16 @@ def main() -> None:
     parser.add_argument("--mesh-output", type=Path, default=None, help="also write the mesh (data units) here")
     parser.add_argument("--save-run", type=Path, default=None, help="keep the run (config.yml, checkpoint) under this directory")
     parser.add_argument("--load-config", type=Path, default=None, help="measure a kept run instead of training")
+    parser.add_argument("--exact-surface", action="store_true", help="measure a synthetic scene's exact surface instead (no PSNR)")
     args = parser.parse_args()
 
     data = resolve_data(args.data)
     print(f"capture: {data}; {torch.get_num_threads()} CPU threads; method {args.method}; "
           f"budget {args.steps} steps" + (f" or {args.minutes:g} min" if args.minutes else ""), flush=True)
-    if args.load_config is not None:
+    if args.exact_surface:
+        model, steps, train_seconds = None, 0, float("nan")
+        args.method = "-"
+    elif args.load_config is not None:
         model, steps, train_seconds = load(args.load_config)
     else:
         model, steps, train_seconds = train(args, data)
