@@ -27,8 +27,9 @@ class Synth:
     output_dir: Optional[Path] = None
     """Directory to write the scene into, synthetic/<shape> by default (must be empty unless --overwrite)."""
     preset: Optional[Literal["dtu"]] = None
-    """A ready scene whose settings replace the defaults of the options below (options given explicitly still
-    win): "dtu", the building at DTU's scale, 49 views of 400x300 in DTU's camera layout, millimetres."""
+    """A ready scene whose settings replace the defaults of the options below (an option set to another value
+    than its default keeps it): "dtu", the building at DTU's scale, 49 views of 400x300 in DTU's camera layout,
+    millimetres."""
     shape: str = SCENE_DEFAULTS["shape"]
     """Analytic shape: composite, sphere, torus, rounded_box or building."""
     layout: str = SCENE_DEFAULTS["layout"]
