@@ -84,3 +84,23 @@ def test_seen_faces_leave_out_the_hidden_side():
     hidden = sphere.triangles_center[:, 2] < -0.1
     assert seen[facing].all()
     assert not seen[hidden].any()
+
+
+def test_real_scan_script_row_and_missing_capture(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from neurecon_ns.errors import UserInputError
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_scan.py"
+    spec = importlib.util.spec_from_file_location("real_scan", path)
+    real_scan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_scan)
+    results = {"mean_iou": 0.98123, "min_iou": 0.95, "held_out_psnr_masked": 24.5, "surface_noise_deg": 3.21, "chamfer_pixels": 0.8}
+    row = real_scan.table_row("before", "neus-fast", 2400, 840.0, results)
+    assert row == "| before | neus-fast | 2400 | 840 | 0.35 | 0.9812 | 0.9500 | 24.50 | 3.21 | 0.80 |"
+    assert row.count("|") == real_scan.TABLE_HEADER.splitlines()[0].count("|")
+    exact = real_scan.table_row("exact", "-", 0, float("nan"), {**results, "held_out_psnr_masked": float("nan")})
+    assert "| - | - | 0.9812" in exact
+    with pytest.raises(UserInputError, match="capture not found"):
+        real_scan.resolve_data(tmp_path / "missing")
