@@ -187,16 +187,19 @@ def _shrink_hash_grid(grid, steps: int) -> None:
 
 
 def _fit_schedules(config: TrainerConfig, steps: int) -> None:
-    """Compress every learning-rate schedule (and the model's step schedules) to `steps`."""
+    """Compress every learning-rate schedule (and the model's step schedules) to `steps`; the curvature loss warms
+    up with the learning rate."""
+    warm_up_end = min(100, steps // 10)
     for group in config.optimizers.values():
         scheduler = group.get("scheduler")
         if isinstance(scheduler, CosineDecaySchedulerConfig):
-            group["scheduler"] = dataclasses.replace(scheduler, warm_up_end=min(100, steps // 10), max_steps=steps)
+            group["scheduler"] = dataclasses.replace(scheduler, warm_up_end=warm_up_end, max_steps=steps)
         elif isinstance(scheduler, ExponentialDecaySchedulerConfig):
             group["scheduler"] = dataclasses.replace(scheduler, max_steps=steps)
     model = config.pipeline.model
     if hasattr(model, "cos_anneal_end") and model.cos_anneal_end > 0:
         model.cos_anneal_end = max(steps // 4, 1)
+    model.curvature_warmup_steps = min(model.curvature_warmup_steps, warm_up_end)
 
 
 def setup_trainer(config: TrainerConfig, local_rank: int = 0, world_size: int = 1):

@@ -301,3 +301,87 @@ def test_refuses_a_non_empty_directory_unless_overwrite(tmp_path):
     assert info.shape_name == "torus" and (tmp_path / "notes.txt").exists()
     with pytest.raises(UserInputError, match="black, white, environment"):
         synthetic.write_scene(tmp_path / "other", background="red")
+
+
+# ---------------------------------------------------------------------------------------------
+# The DTU-scale building
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "point, distance",
+    [
+        ((0.12, -0.40, -0.30), 0.10),  # in front of the -y wall, between two windows
+        ((-0.20, 0.33, -0.46), 0.05),  # off the bottom edge of the +y wall: sqrt(0.03^2 + 0.04^2)
+        ((0.0, 0.0, 0.44), 0.10),  # above the ridge
+        ((-0.25, -0.27, -0.12), 0.015),  # inside a window recess, 0.015 in front of its back
+        ((-0.22, 0.12, 0.45), 0.05),  # above the chimney
+        ((-0.22, 0.12, 0.35), -0.025),  # inside the chimney, 0.05 wide
+        ((0.48, 0.0, 0.45), 0.05),  # above the top step of the stepped gable
+        ((0.53, 0.25, 0.17), 0.03),  # beside the stepped gable wall, below a step that rises above the roof
+    ],
+)
+def test_building_sdf_is_exact_at_known_points(point, distance):
+    building = shapes.get_shape("building")
+    assert float(building.sdf(np.array(point))) == pytest.approx(distance, abs=1e-9)
+    assert float(building.sdf(torch.tensor(point, dtype=torch.float64))) == pytest.approx(distance, abs=1e-9)
+
+
+def test_polygon_sdf_of_a_square():
+    square = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
+    points = np.array([[0.0, 0.0], [0.5, 0.0], [3.0, 0.0], [2.0, 2.0], [-1.0, 0.3]])
+    np.testing.assert_allclose(shapes.polygon_sdf(points, square), [-1.0, -0.5, 2.0, np.sqrt(2.0), 0.0], atol=1e-12)
+
+
+def test_building_albedo_has_fine_detail():
+    """Neighbouring points a pixel apart (at DTU scale) on a wall differ: mortar joints and bricks."""
+    x = np.linspace(-0.4, 0.4, 400)
+    wall = np.stack([x, np.full_like(x, -0.30), np.full_like(x, -0.35)], -1)
+    colours = shapes.building_albedo(wall)
+    assert colours.min() >= 0.0 and colours.max() <= 1.0
+    assert np.abs(np.diff(colours, axis=0)).max() > 0.2
+    np.testing.assert_allclose(shapes.building_albedo(torch.from_numpy(wall)).numpy(), colours, atol=1e-9)
+
+
+def test_dtu_layout_matches_the_dtu_numbers():
+    poses = synthetic.dtu_camera_poses_unit()
+    assert len(poses) == synthetic.DTU_NUM_VIEWS == 49
+    distances = np.linalg.norm(poses[:, :3, 3], axis=-1)
+    assert distances.min() >= 3.95 and distances.max() <= 4.17
+    directions = poses[:, :3, 3] / distances[:, None]
+    axis = directions.mean(axis=0) / np.linalg.norm(directions.mean(axis=0))
+    angles = np.degrees(np.arccos(np.clip(directions @ axis, -1.0, 1.0)))
+    assert 50.0 < angles.max() <= 56.0
+    to_origin = -directions
+    assert np.degrees(np.arccos(np.einsum("ij,ij->i", poses[:, :3, 2], to_origin))).max() < 3.0
+    intrinsics = synthetic.dtu_intrinsics_matrix(400, 300)
+    np.testing.assert_allclose(intrinsics[[0, 1, 0, 1], [0, 1, 2, 2]], [723.08, 723.08, 200.0, 150.0])
+
+
+def test_dtu_layout_matches_the_shared_scan(shared_dtu_scan):
+    from neurecon_ns.data.neus_dataparser import NeusDataParser
+
+    intrinsics, c2w, scale_mat = NeusDataParser._read_cameras(shared_dtu_scan / "cameras_sphere.npz", 49)
+    distances = np.linalg.norm(c2w[:, :3, 3], axis=-1)
+    low, high = synthetic.DTU_DISTANCE_RANGE
+    assert abs(distances.min() - low) < 0.02 and abs(distances.max() - high) < 0.02
+    assert intrinsics[:, 0, 0].mean() == pytest.approx(synthetic.DTU_FOCAL_PER_WIDTH * 400, rel=1e-3)
+    assert scale_mat[0, 0] == pytest.approx(synthetic.DTU_WORLD_SCALE, rel=1e-3)
+
+
+def test_dtu_preset_scene_loads_through_the_neus_dataparser(tmp_path):
+    from neurecon_ns.data.neus_dataparser import NeusDataParserConfig
+    from neurecon_ns.scripts.synth import Synth
+
+    Synth(preset="dtu", output_dir=tmp_path / "scene", width=80, height=60, num_views=9, mesh_resolution=48).main()
+    description = json.loads((tmp_path / "scene" / "scene.json").read_text())
+    assert (description["shape"], description["layout"], description["width"]) == ("building", "dtu", 80)
+    assert description["background"] == "environment"
+    parser = NeusDataParserConfig(data=tmp_path / "scene", eval_mode="interval").setup()
+    train, test = parser.get_dataparser_outputs("train"), parser.get_dataparser_outputs("test")
+    assert (len(train.cameras), len(test.cameras)) == (7, 2)
+    assert float(train.cameras.fx[0]) == pytest.approx(723.08 * 80 / 400, rel=1e-5)
+    assert 1.0 / train.dataparser_scale == pytest.approx(synthetic.DTU_WORLD_SCALE)
+    assert len(train.metadata["fg_mask_filenames"]) == 7
+    masks = [np.asarray(Image.open(path))[..., 0] > 127 for path in train.metadata["fg_mask_filenames"]]
+    assert all(0.05 < mask.mean() < 0.9 for mask in masks)

@@ -41,6 +41,20 @@ CAMERA_DISTANCE_RANGE = (2.5, 3.0)
 ELEVATION_RANGE_DEG = (-15.0, 75.0)
 LIGHT_DIRECTION_UNIT = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
 AMBIENT = 0.5
+LAYOUTS = ("orbit", "dtu")
+DTU_NUM_VIEWS = 49
+DTU_DISTANCE_RANGE = (3.95, 4.17)
+"""Camera distances from the object's centre in DTU's scans, in units of the unit sphere around the object
+(scan 65: 3.95 to 4.17, 671 mm on average at 164.6 mm per unit)."""
+DTU_FOCAL_PER_WIDTH = 723.08 / 400.0
+"""DTU's focal length in pixels per pixel of image width (2892 at 1600x1200, 723 at 400x300)."""
+DTU_CAP_HALF_ANGLE_DEG = 54.0
+"""The 49 DTU cameras lie within this angle of their mean direction (scan 65: 5 to 54 degrees from it)."""
+DTU_CAP_ELEVATION_DEG = 45.0
+"""Elevation of the cap's axis above the object's horizontal plane: the robot looks at the table from above."""
+DTU_WORLD_SCALE = 164.6
+DTU_WORLD_TRANSLATION = (-28.1, -28.0, 640.4)
+"""scan 65's scale_mat: a unit of the unit sphere is 164.6 mm, so the scene's world units are DTU's millimetres."""
 BLENDER_SCALE = 1.5
 """x_blender = 1.5 x_unit: the object (radius < 0.7) then spans about [-1, 1] and the cameras sit
 3.75 to 4.5 from the origin, as in the Blender scenes nerfstudio's parser expects ([-1.5, 1.5]^3)."""
@@ -103,6 +117,39 @@ def camera_poses_unit(num_views: int, seed: int = 0) -> Float[np.ndarray, "num_v
         roll = np.deg2rad(rng.uniform(-5.0, 5.0))
         poses.append(look_at_opencv(distance * direction, target, roll))
     return np.stack(poses)
+
+
+def dtu_camera_poses_unit(num_views: int = DTU_NUM_VIEWS, seed: int = 0) -> Float[np.ndarray, "num_views 4 4"]:
+    """OpenCV camera-to-world matrices on DTU's sphere cap, in the unit-sphere space, deterministic in `seed`.
+
+    Directions fill the cap of half-angle DTU_CAP_HALF_ANGLE_DEG around an axis at DTU_CAP_ELEVATION_DEG above
+    the -y side of the object (a Fibonacci lattice, even in area); distances are drawn from DTU_DISTANCE_RANGE,
+    each camera looks at a point within ~0.02 of the origin, with a roll of up to 3 degrees.
+    """
+    rng = np.random.default_rng(seed)
+    elevation = np.deg2rad(DTU_CAP_ELEVATION_DEG)
+    axis = np.array([0.0, -np.cos(elevation), np.sin(elevation)])
+    side = np.array([1.0, 0.0, 0.0])
+    up = np.cross(side, axis)
+    cos_limit = np.cos(np.deg2rad(DTU_CAP_HALF_ANGLE_DEG))
+    golden_angle = np.pi * (3.0 - np.sqrt(5.0))
+    poses = []
+    for index in range(num_views):
+        cos_polar = 1.0 - (1.0 - cos_limit) * (index + 0.5) / num_views
+        sin_polar = np.sqrt(1.0 - cos_polar**2)
+        azimuth = index * golden_angle
+        direction = cos_polar * axis + sin_polar * (np.cos(azimuth) * side + np.sin(azimuth) * up)
+        distance = rng.uniform(*DTU_DISTANCE_RANGE)
+        target = rng.normal(0.0, 0.02, size=3)
+        roll = np.deg2rad(rng.uniform(-3.0, 3.0))
+        poses.append(look_at_opencv(distance * direction, target, roll))
+    return np.stack(poses)
+
+
+def dtu_intrinsics_matrix(width: int, height: int) -> Float[np.ndarray, "3 3"]:
+    """DTU's pinhole scaled to the image width: fx = fy = 723.08 W / 400, principal point at the image centre."""
+    focal = DTU_FOCAL_PER_WIDTH * width
+    return np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
 
 
 def intrinsics_matrix(width: int, height: int) -> Float[np.ndarray, "3 3"]:
@@ -260,11 +307,13 @@ def environment(directions: Float[np.ndarray, "*batch 3"]) -> Float[np.ndarray, 
 
 
 def shade(shape: Shape, points_unit: Float[np.ndarray, "num_points 3"]) -> Float[np.ndarray, "num_points 3"]:
-    """View-independent Lambertian radiance: albedo(x) (ambient + (1 - ambient) max(n . l, 0))."""
+    """View-independent Lambertian radiance: albedo(x) (ambient + (1 - ambient) max(n . l, 0)), with the shape's
+    own albedo when it has one."""
     normals = sdf_gradient(shape, points_unit, eps=1e-5)
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
     diffuse = np.clip(normals @ LIGHT_DIRECTION_UNIT, 0.0, None)
-    return albedo(points_unit) * (AMBIENT + (1.0 - AMBIENT) * diffuse)[:, None]
+    surface_albedo = (shape.albedo_fn or albedo)(points_unit)
+    return surface_albedo * (AMBIENT + (1.0 - AMBIENT) * diffuse)[:, None]
 
 
 def render_views(
@@ -450,6 +499,24 @@ def _write_blender(
         (blender_dir / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2))
 
 
+DTU_PRESET = {
+    "shape": "building",
+    "layout": "dtu",
+    "num_views": DTU_NUM_VIEWS,
+    "width": 400,
+    "height": 300,
+    "background": "environment",
+    "world_scale": DTU_WORLD_SCALE,
+    "world_translation": DTU_WORLD_TRANSLATION,
+    "mesh_resolution": 384,
+}
+"""A photo-like object at DTU's scale: the building (`shapes.building`: flat faces, sharp edges, a thin chimney,
+recesses, a brick-and-tile albedo, lit from one side) seen by 49 cameras in DTU's layout at 400x300 (DTU's
+images downscaled 4x), in millimetres; one pixel at the object is about 0.93 mm."""
+
+PRESETS = {"dtu": DTU_PRESET}
+
+
 def write_scene(
     output_dir: Path,
     shape: str = DEFAULT_SHAPE,
@@ -464,6 +531,7 @@ def write_scene(
     mesh_resolution: int = 256,
     holdout_every: int = 8,
     overwrite: bool = False,
+    layout: str = "orbit",
 ) -> SceneInfo:
     """Render `shape` from `num_views` cameras and write images, masks, cameras and the exact mesh.
 
@@ -476,8 +544,14 @@ def write_scene(
       blender/                     transforms_{train,val,test}.json, {split}/r_k.png RGBA (blender)
       gt_mesh.ply, gt_mesh_unit.ply   exact surface in world units / unit-sphere space
       scene.json                   shape, scale_mat, intrinsics, sizes, conventions
+
+    `layout` places the cameras: "orbit" all around the object (`camera_poses_unit`, the focal length of
+    `intrinsics_matrix`), or "dtu", DTU's sphere cap, distances and focal length (`dtu_camera_poses_unit`,
+    `dtu_intrinsics_matrix`); `DTU_PRESET` holds the settings of a DTU-like scene.
     """
     output_dir = Path(output_dir)
+    if layout not in LAYOUTS:
+        raise UserInputError(f"Unknown camera layout '{layout}': choose one of {', '.join(LAYOUTS)}.")
     formats = tuple(formats)
     solid = _validate(
         shape, num_views, width, height, background, formats, world_scale, world_translation, mesh_resolution
@@ -485,8 +559,12 @@ def write_scene(
     _prepare_output_dir(output_dir, overwrite)
 
     scale_mat = similarity_matrix(world_scale, world_translation)
-    intrinsics = intrinsics_matrix(width, height)
-    c2w_opencv_unit = camera_poses_unit(num_views, seed)
+    if layout == "dtu":
+        intrinsics = dtu_intrinsics_matrix(width, height)
+        c2w_opencv_unit = dtu_camera_poses_unit(num_views, seed)
+    else:
+        intrinsics = intrinsics_matrix(width, height)
+        c2w_opencv_unit = camera_poses_unit(num_views, seed)
     c2w_opencv_world = c2w_opencv_unit.copy()
     c2w_opencv_world[:, :3, 3] = c2w_opencv_unit[:, :3, 3] * world_scale + np.asarray(world_translation)
     images, masks = render_views(solid, intrinsics, c2w_opencv_unit, width, height, background)
@@ -559,7 +637,8 @@ def write_scene(
         "pixel_center_offset": 0.5,
         "up_axis_unit": [0.0, 0.0, 1.0],
         "bounding_radius_unit": solid.bounding_radius,
-        "camera_distance_range_unit": list(CAMERA_DISTANCE_RANGE),
+        "layout": layout,
+        "camera_distance_range_unit": list(DTU_DISTANCE_RANGE if layout == "dtu" else CAMERA_DISTANCE_RANGE),
         "light_direction_unit": LIGHT_DIRECTION_UNIT.tolist(),
         "blender_scale": BLENDER_SCALE if blender_dir is not None else None,
         "mesh_resolution": mesh_resolution,

@@ -20,6 +20,11 @@ from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from neurecon_ns.fields.central_differences import (
+    gradient_from_neighbours,
+    laplacian_from_neighbours,
+    neighbour_offsets,
+)
 from neurecon_ns.fields.hash_encoding import HashGridConfig, ProgressiveHashEncoding
 from neurecon_ns.fields.level_set_network import LevelSetNetwork
 from neurecon_ns.fields.siren import SirenGeometryConfig
@@ -359,10 +364,13 @@ class SurfaceFieldConfig(InstantiateConfig):
     network, as its implementation gives it (`geometry.implementation`: the fused closed form, whose loss needs a
     first-order backward only, or autograd, which the eikonal loss differentiates a second time);
     "numerical": central differences (6 more evaluations, no second derivative: what tiny-cuda-nn's grids
-    need, since they have no second derivatives)."""
+    need, since they have no second derivatives), whose seven values also give the Laplacian that the
+    curvature loss reads (`central_differences.py`)."""
     numerical_gradient_step: float = 0.0
     """Central-difference step in training-space units; 0 leaves it to the network (the finest active hash
-    level's cell, shrinking as levels switch on, or 1e-3 without a hash grid)."""
+    level's cell, shrinking as levels switch on, or 1e-3 without a hash grid). A step of one finest cell puts
+    the six neighbours in the adjacent cells of the finest active level, so the differences, and the losses on
+    them, reach the grid's vertices around a point rather than only the 8 of its own cell."""
     precision: Precision = "auto"
     """Precision of the geometry (fused implementation) and radiance networks' products: "bf16" (bfloat16 with
     float32 accumulation; the parameters, the level value the mappings read and the SDF gradient stay float32),
@@ -512,24 +520,63 @@ class SurfaceField(nn.Module):
             total = sum(tensor.float().sum() for tensor in differentiable)
             torch.autograd.grad(total, parameters, allow_unused=True)
 
+    def _level_value_and_neighbours(
+        self, points: Float[Tensor, "*bs 3"], keep_graph: bool
+    ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 6"], Union[float, Tensor]]:
+        """Level value and features at the points, the level values at their six axis neighbours
+        (`central_differences.neighbour_offsets`), all 7 points in one batch, and the step `h`.
+
+        The values stay differentiable in the network's parameters, so the eikonal and curvature losses train
+        through the differences without a second derivative.
+        """
+        step = self.numerical_gradient_step()
+        neighbours = points[..., None, :] + neighbour_offsets(step, points)  # [..., 6, 3]
+        with torch.set_grad_enabled(keep_graph):
+            output = self.geometry_network(torch.cat([points[..., None, :], neighbours], dim=-2))
+        return output[..., 0, :1], output[..., 0, 1:], output[..., 1:, 0], step
+
     def _level_value_and_numerical_gradient(
         self, points: Float[Tensor, "*bs 3"], keep_graph: bool
     ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"]]:
-        """Central differences `df/dx_i = (f(x + h e_i) - f(x - h e_i)) / 2h`, all 7 points in one batch.
+        """Central differences `df/dx_i = (f(x + h e_i) - f(x - h e_i)) / 2h` (`central_differences.py`)."""
+        level_value, features, neighbour_values, step = self._level_value_and_neighbours(points, keep_graph)
+        return level_value, features, gradient_from_neighbours(neighbour_values, step)
 
-        The differences stay differentiable in the network's parameters, so the eikonal loss trains
-        through them without a second derivative.
-        """
-        step = self.numerical_gradient_step()
-        axes = torch.eye(3, device=points.device, dtype=points.dtype)
-        offsets = torch.cat([axes, -axes]) * step  # [6, 3]
-        shifted = points[..., None, :] + offsets  # [..., 6, 3]
-        with torch.set_grad_enabled(keep_graph):
-            output = self.geometry_network(torch.cat([points[..., None, :], shifted], dim=-2))
-        level_value, features = output[..., 0, :1], output[..., 0, 1:]
-        shifted_values = output[..., 1:, 0]
-        gradient = (shifted_values[..., :3] - shifted_values[..., 3:]) / (2.0 * step)
-        return level_value, features, gradient
+    def get_level_value_gradient_and_laplacian(
+        self, points: Float[Tensor, "*bs 3"], create_graph: Optional[bool] = None
+    ) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs feature_dim"], Float[Tensor, "*bs 3"], Float[Tensor, "*bs 1"]]:
+        """`get_level_value_and_gradient` and the Laplacian of the level value (the curvature loss reads it), by
+        second differences at the numerical gradient's step `h`: with numerical gradients from the same seven
+        values as the gradient, at no extra cost; with the analytic gradient through `get_laplacian`."""
+        if create_graph is None:
+            create_graph = self.training and torch.is_grad_enabled()
+        if self.config.gradient != "numerical":
+            level_value, features, gradient = self.get_level_value_and_gradient(points, create_graph)
+            return level_value, features, gradient, self.get_laplacian(points, create_graph)
+        with full_precision(points.device.type):
+            level_value, features, neighbour_values, step = self._level_value_and_neighbours(at_least_float32(points), create_graph)
+            laplacian = laplacian_from_neighbours(level_value, neighbour_values, step)
+            return level_value, features, gradient_from_neighbours(neighbour_values, step), laplacian
+
+    def get_laplacian(self, points: Float[Tensor, "*bs 3"], create_graph: Optional[bool] = None) -> Float[Tensor, "*bs 1"]:
+        """The Laplacian of the level value from seven more level queries per point (the point and its axis
+        neighbours at the numerical gradient's step `h`): what the curvature loss costs beside the analytic
+        gradient. The point's own value is queried with its neighbours rather than taken from the rendering pass,
+        whose products may run in bfloat16: a difference of 1e-3 between the two paths, divided by `h^2` (about
+        6e-5 at a 256-cell level), would be the whole Laplacian; for the same reason all seven run in float32."""
+        if create_graph is None:
+            create_graph = self.training and torch.is_grad_enabled()
+        with full_precision(points.device.type):
+            points = at_least_float32(points)
+            step = self.numerical_gradient_step()
+            neighbours = points[..., None, :] + neighbour_offsets(step, points)  # [..., 6, 3]
+            # float32 products whatever the field's precision: bfloat16's rounding of each value would swamp it
+            self.geometry_network.product_dtype = torch.float32
+            with torch.set_grad_enabled(create_graph):
+                query = self._network_pass("level value", self.geometry_network.level_value)
+                values = query(torch.cat([points[..., None, :], neighbours], dim=-2))[..., 0]
+            values = at_least_float32(values)
+            return laplacian_from_neighbours(values[..., :1], values[..., 1:], step)
 
     def get_colors(
         self,
@@ -541,8 +588,21 @@ class SurfaceField(nn.Module):
         self._set_product_dtype(points.device.type)
         return self._network_pass("radiance", self.radiance_network.forward)(points, directions, gradients, features)
 
-    def forward(self, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"]) -> Dict[str, Tensor]:
-        """Everything a renderer needs at the points: level value, gradient, colour."""
-        level_value, features, gradient = self.get_level_value_and_gradient(points)
+    def forward(
+        self, points: Float[Tensor, "*bs 3"], directions: Float[Tensor, "*bs 3"], laplacian_rows: int = 0
+    ) -> Dict[str, Tensor]:
+        """Everything a renderer needs at the points: level value, gradient, colour; and, for the points of the
+        first `laplacian_rows` rows of the leading dimension, the level value's Laplacian (`laplacian`, for the
+        curvature loss): free with numerical gradients, seven level queries per point with the analytic one."""
+        if laplacian_rows > 0 and self.config.gradient == "numerical":
+            level_value, features, gradient, laplacian = self.get_level_value_gradient_and_laplacian(points)
+            laplacian = laplacian[:laplacian_rows]
+        else:
+            level_value, features, gradient = self.get_level_value_and_gradient(points)
+            if laplacian_rows > 0:
+                laplacian = self.get_laplacian(points[:laplacian_rows])
         rgb = self.get_colors(points, directions, gradient, features)
-        return {"level": level_value, "gradient": gradient, "rgb": rgb}
+        outputs = {"level": level_value, "gradient": gradient, "rgb": rgb}
+        if laplacian_rows > 0:
+            outputs["laplacian"] = laplacian
+        return outputs

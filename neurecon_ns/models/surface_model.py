@@ -4,14 +4,14 @@ A paper's model subclasses `SurfaceModel` and provides three things: its sampler
 (`sample_along_rays`), how a section's opacity follows from the field (`get_alphas`), and any
 paper-specific losses or schedules. Everything else lives here once: the ray bounds of the
 unit sphere, the field evaluation, compositing of colour, depth, normals and the background,
-the colour, eikonal and mask losses, image metrics, and nerfstudio's camera optimiser.
+the colour, eikonal, curvature and mask losses, image metrics, and nerfstudio's camera optimiser.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,34 @@ def mask_cross_entropy(accumulation: Float[Tensor, "*bs 1"], fg_mask: Float[Tens
         return F.binary_cross_entropy(opacity, fg_mask.to(opacity.dtype))
 
 
+def curvature_loss_weight_at(
+    step: int,
+    weight: float,
+    warmup_steps: int,
+    difference_step: Union[float, Tensor],
+    initial_difference_step: float,
+    follow_levels: bool,
+) -> Union[float, Tensor]:
+    """The curvature loss's weight at a training step:
+
+        w(t) = w * min(1, t / T_warm) * (h(t) / h(0) if follow_levels else 1)
+
+    a linear warm-up from 0 over `T_warm` steps, then, as hash levels switch on and the central differences'
+    step `h` shrinks to the finest active cell, a weight that shrinks with it: each new level divides it by the
+    grid's growth factor, so that the finer levels may add the detail the coarse ones cannot hold. `h` may be a
+    tensor on the device (the weight then is one too; nothing is read on the host).
+    """
+    ramp = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+    if not follow_levels:
+        return weight * ramp
+    return weight * ramp * difference_step / initial_difference_step
+
+
+def mean_absolute_laplacian(laplacian: Float[Tensor, "num_points 1"], inside: Float[Tensor, " num_points"]) -> Float[Tensor, ""]:
+    """Neuralangelo's curvature loss: the mean of `|Laplacian f|` over the points marked `inside` (1 or 0)."""
+    return (laplacian[..., 0].abs() * inside).sum() / (inside.sum() + 1e-5)
+
+
 @dataclass
 class SurfaceModelConfig(ModelConfig):
     """Settings every surface model has; each method's defaults are set in `neurecon_ns/methods.py`."""
@@ -87,6 +115,21 @@ class SurfaceModelConfig(ModelConfig):
     """Samples farther than this from the origin are left out of the eikonal loss."""
     num_eikonal_uniform_points: int = 0
     """Points drawn uniformly in the ball of `sphere_radius` per batch, added to the eikonal loss (VolSDF)."""
+    curvature_loss_weight: float = 0.0
+    """Weight of the curvature regulariser `mean |Laplacian f|` over the ray samples within `eikonal_radius`
+    (Neuralangelo), at the end of its warm-up; 0 disables it. The Laplacian comes from second differences at the
+    numerical gradient's step (`networks.gradient`: free with "numerical", six more level queries per sample
+    with "analytic")."""
+    curvature_num_rays: int = 0
+    """With the analytic gradient, the curvature loss reads the samples of this many rays of each batch (the first
+    ones; rays are drawn at random), at six level queries per sample; 0: every ray. With numerical gradients every
+    sample has its Laplacian at no extra cost, and all are read."""
+    curvature_warmup_steps: int = 500
+    """Steps over which the curvature weight grows linearly from 0 to `curvature_loss_weight`."""
+    curvature_follows_levels: bool = True
+    """Scale the curvature weight by `h / h_0`, the central differences' step (the finest active hash level's
+    cell) against its value at the start: each level that switches on divides the weight by the grid's growth
+    factor. Without a hash grid `h` is constant and this changes nothing."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """nerfstudio's camera pose refinement (off by default)."""
     occupancy_grid: bool = False
@@ -122,6 +165,9 @@ class SurfaceModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         self.field = self.config.networks.setup()
+        self.training_step = 0  # the step `update_to_step` was last called with
+        # h(0) of the curvature weight's schedule: the field is built with the initial levels active
+        self.initial_difference_step = float(self.field.numerical_gradient_step())
         self.collider = UnitSphereCollider(radius=self.config.sphere_radius, near_plane=self.config.near_plane)
         if self.config.background_model == "nerfpp":
             self.background_field = self.config.background_network.setup()
@@ -185,6 +231,7 @@ class SurfaceModel(Model):
 
     def update_to_step(self, step: int) -> None:
         """Everything that follows the training step (called before each iteration); papers extend it."""
+        self.training_step = step
         self.field.update_to_step(step)
         if self.occupancy_grid is not None and step % self.config.occupancy_grid_update_every == 0:
             self.occupancy_grid.update(self.level_set, band=self.occupancy_band())
@@ -239,7 +286,8 @@ class SurfaceModel(Model):
         ray_samples = self.sample_along_rays(ray_bundle)
         points = ray_samples.frustums.get_positions()
         directions = ray_samples.frustums.directions
-        field_outputs = self.field(points, directions)
+        laplacian_rays = self.curvature_rays(points.shape[0])
+        field_outputs = self.field(points, directions, laplacian_rows=laplacian_rays)
         alphas = self.get_alphas(ray_samples, field_outputs)
         if self.config.background_model != "none":
             # beyond the sphere the background network holds the scene (as in NeuS's renderer): a ray that
@@ -264,6 +312,9 @@ class SurfaceModel(Model):
             outputs["gradients"] = field_outputs["gradient"].reshape(-1, 3)
             outputs["eikonal_points"] = points.reshape(-1, 3)
             outputs["weights"] = weights
+            if laplacian_rays > 0:
+                # the first rays' samples: the first rows of `eikonal_points`, whatever is appended below
+                outputs["laplacians"] = field_outputs["laplacian"].reshape(-1, 1)
             if self.config.num_eikonal_uniform_points > 0:
                 uniform_points = self.uniform_points_in_sphere(self.config.num_eikonal_uniform_points)
                 _, _, uniform_gradients = self.field.get_level_value_and_gradient(uniform_points)
@@ -271,6 +322,15 @@ class SurfaceModel(Model):
                 outputs["eikonal_points"] = torch.cat([outputs["eikonal_points"], uniform_points])
         outputs.update(self.extra_outputs(ray_bundle, ray_samples, field_outputs, weights))
         return outputs
+
+    def curvature_rays(self, num_rays: int) -> int:
+        """How many of the batch's rays the curvature loss reads (0 outside training or with the loss off)."""
+        config = self.config
+        if not self.training or config.curvature_loss_weight <= 0:
+            return 0
+        if config.networks.gradient == "numerical" or config.curvature_num_rays <= 0:
+            return num_rays
+        return min(config.curvature_num_rays, num_rays)
 
     def extra_outputs(
         self, ray_bundle: RayBundle, ray_samples: RaySamples, field_outputs: Dict[str, Tensor], weights: Tensor
@@ -338,6 +398,25 @@ class SurfaceModel(Model):
         error = (outputs["gradients"].norm(dim=-1) - 1.0) ** 2
         return (error * inside).sum() / (inside.sum() + 1e-5)
 
+    def curvature_loss(self, outputs: Dict[str, Tensor]) -> Tensor:
+        """`mean_absolute_laplacian` over the ray samples within `eikonal_radius`."""
+        laplacians = outputs["laplacians"]
+        points = outputs["eikonal_points"][: laplacians.shape[0]]
+        inside = (points.norm(dim=-1) < self.config.eikonal_radius).to(laplacians.dtype)
+        return mean_absolute_laplacian(laplacians, inside)
+
+    def curvature_loss_weight(self) -> Union[float, Tensor]:
+        """`curvature_loss_weight_at` the current training step (see the config's `curvature_*` settings)."""
+        config = self.config
+        return curvature_loss_weight_at(
+            self.training_step,
+            config.curvature_loss_weight,
+            config.curvature_warmup_steps,
+            self.field.numerical_gradient_step(),
+            self.initial_difference_step,
+            config.curvature_follows_levels,
+        )
+
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         gt_rgb = batch["image"].to(self.device)[..., :3]
         fg_mask = self.foreground_mask(batch)
@@ -350,6 +429,8 @@ class SurfaceModel(Model):
             loss_dict["rgb_loss"] = (outputs["rgb"] - gt_rgb).abs().mean()
         if self.training and self.config.eikonal_loss_weight > 0:
             loss_dict["eikonal_loss"] = self.config.eikonal_loss_weight * self.eikonal_loss(outputs)
+        if self.training and "laplacians" in outputs:
+            loss_dict["curvature_loss"] = self.curvature_loss_weight() * self.curvature_loss(outputs)
         if self.training:
             self.camera_optimizer.get_loss_dict(loss_dict)
         return loss_dict
@@ -383,6 +464,8 @@ class SurfaceModel(Model):
             metrics_dict["psnr_masked"] = -10.0 * torch.log10(inside_error.clamp(min=1e-10))
         if self.training:
             metrics_dict["eikonal"] = self.eikonal_loss(outputs).detach()
+            if "laplacians" in outputs:
+                metrics_dict["mean_abs_laplacian"] = self.curvature_loss(outputs).detach()
             self.camera_optimizer.get_metrics_dict(metrics_dict)
         return metrics_dict
 

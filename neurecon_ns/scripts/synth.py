@@ -5,14 +5,19 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 from rich.console import Console
 
-from neurecon_ns.data.synthetic import write_scene
+from neurecon_ns.data.synthetic import PRESETS, write_scene
 
 SCENE_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(write_scene).parameters.items()}
 """`write_scene`'s defaults, which the options below take as theirs."""
+
+
+def _as_option(value):
+    """A default as the option holds it (sequences become tuples)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass
@@ -21,8 +26,14 @@ class Synth:
 
     output_dir: Optional[Path] = None
     """Directory to write the scene into, synthetic/<shape> by default (must be empty unless --overwrite)."""
+    preset: Optional[Literal["dtu"]] = None
+    """A ready scene whose settings replace the defaults of the options below (an option set to another value
+    than its default keeps it): "dtu", the building at DTU's scale, 49 views of 400x300 in DTU's camera layout,
+    millimetres."""
     shape: str = SCENE_DEFAULTS["shape"]
-    """Analytic shape: composite, sphere, torus or rounded_box."""
+    """Analytic shape: composite, sphere, torus, rounded_box or building."""
+    layout: str = SCENE_DEFAULTS["layout"]
+    """Camera layout: orbit (all around the object) or dtu (DTU's sphere cap, distances and focal length)."""
     num_views: int = SCENE_DEFAULTS["num_views"]
     """Number of cameras, spread over the upper hemisphere mostly."""
     width: int = SCENE_DEFAULTS["width"]
@@ -47,20 +58,13 @@ class Synth:
     def main(self) -> None:
         """Write the scene and list what was written."""
         console = Console()
-        info = write_scene(
-            self.output_dir if self.output_dir is not None else Path("synthetic") / self.shape,
-            shape=self.shape,
-            num_views=self.num_views,
-            width=self.width,
-            height=self.height,
-            background=self.background,
-            seed=self.seed,
-            formats=self.formats,
-            world_scale=self.world_scale,
-            world_translation=self.world_translation,
-            mesh_resolution=self.mesh_resolution,
-            overwrite=self.overwrite,
-        )
+        settings = {name: getattr(self, name) for name in SCENE_DEFAULTS if name != "output_dir" and hasattr(self, name)}
+        if self.preset is not None:
+            # an option left at write_scene's default takes the preset's value
+            given = {name: value for name, value in settings.items() if value != _as_option(SCENE_DEFAULTS[name])}
+            settings = {**settings, **PRESETS[self.preset], **given}
+        default_dir = Path("synthetic") / (self.preset or settings["shape"])
+        info = write_scene(self.output_dir if self.output_dir is not None else default_dir, **settings)
         console.print(
             f"Wrote '{info.shape_name}' scene: {info.num_views} views of {info.width}x{info.height} in {info.output_dir}"
         )

@@ -1,0 +1,69 @@
+"""CPU time of a training step of `neus-fast` at its CPU size with each way of getting the SDF's derivatives.
+
+Variants (each a set of `--set`-style model settings on top of `training.small_cpu_config`):
+
+- closed-form gradient, no curvature loss;
+- closed-form gradient, curvature loss on the samples of 64 or 128 of the 512 rays (six level queries each);
+- central differences (numerical gradient) for every sample, whose seven values also give every Laplacian.
+
+One trainer per variant on the 96x96 composite object, all set to the same mid-run step (5 of 8 levels active at
+a 2400-step schedule); their steps are taken in turn, round after round, and each step's CPU time
+(`time.process_time`, one torch thread) is kept, so that other jobs on a shared machine change the wall clock but
+hardly the numbers. The first two rounds are left out (allocation, first occupancy-grid refresh).
+
+    python benchmarks/curvature_cost.py --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from neurecon_ns.data.synthetic import write_scene
+from neurecon_ns.training import apply_model_settings, method_config, run_iteration, setup_trainer, small_cpu_config
+
+VARIANTS = {
+    "closed form": ["curvature_loss_weight=0.0"],
+    "closed form + curvature, 64 rays": ["curvature_loss_weight=5e-3", "curvature_num_rays=64"],
+    "closed form + curvature, 128 rays": ["curvature_loss_weight=5e-3", "curvature_num_rays=128"],
+    "numerical + curvature, all rays": ["curvature_loss_weight=5e-3", "networks.gradient=numerical"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds (two more are taken first)")
+    parser.add_argument("--steps", type=int, default=2400, help="schedule length the runs are fitted to")
+    parser.add_argument("--at-step", type=int, default=400, help="training step the rounds start at")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    work = Path(tempfile.mkdtemp(prefix="curvature_cost_"))
+    scene = write_scene(work / "scene", shape="composite", num_views=40, width=96, height=96, mesh_resolution=128)
+    trainers = {}
+    for name, settings in VARIANTS.items():
+        config = small_cpu_config(method_config("neus-fast"), scene.output_dir, work / str(len(trainers)), args.steps)
+        apply_model_settings(config, settings)
+        torch.manual_seed(0)
+        trainers[name] = setup_trainer(config)
+    seconds = {name: [] for name in VARIANTS}
+    for round_index in range(args.rounds + 2):
+        for name, trainer in trainers.items():
+            started = time.process_time()
+            run_iteration(trainer, args.at_step + round_index)
+            if round_index >= 2:
+                seconds[name].append(time.process_time() - started)
+    baseline = statistics.median(seconds["closed form"])
+    print(f"{'variant':<36}{'CPU s/step':>11}{'ratio':>7}{'min':>7}{'max':>7}")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(f"{name:<36}{median:>11.3f}{median / baseline:>7.2f}{min(values):>7.3f}{max(values):>7.3f}")
+
+
+if __name__ == "__main__":
+    main()
