@@ -107,6 +107,25 @@ def test_the_field_gives_the_closed_form_gradient_and_laplacian_of_an_analytic_s
     assert torch.equal(same_normals, normals)
 
 
+def test_the_laplacian_beside_bf16_products_is_the_float32_one():
+    """With the analytic gradient the Laplacian takes seven level queries of its own, all in float32: the rendering
+    pass's bf16 level value (about 1e-3 off) divided by `h^2` would swamp it."""
+    geometry = GeometryNetworkConfig(num_layers=3, hidden_dim=64, skip_layers=(2,), feature_dim=16, num_frequencies=4)
+    fields = {precision: SurfaceFieldConfig(geometry=geometry, precision=precision).setup() for precision in ("fp32", "bf16")}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in fields["fp32"].parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # away from the smooth geometric initialisation
+    fields["bf16"].load_state_dict(fields["fp32"].state_dict())
+    points = random_directions(256, torch.float32) * 0.5
+    laplacians = {}
+    for precision, field in fields.items():
+        field.train()
+        laplacians[precision] = field.get_level_value_gradient_and_laplacian(points)[3].detach()
+    reference = laplacians["fp32"]
+    assert (laplacians["bf16"] - reference).abs().max() <= 1e-3 * reference.abs().max()
+
+
 def test_a_bumpy_surface_has_a_larger_mean_absolute_laplacian_than_a_flat_one():
     points = torch.rand(2000, 3, dtype=torch.float64) * 2 - 1
     inside = torch.ones(2000, dtype=torch.float64)
