@@ -3,7 +3,7 @@
 Variants (each a set of `--set`-style model settings on top of `training.small_cpu_config`):
 
 - closed-form gradient, no curvature loss;
-- closed-form gradient, curvature loss on the samples of 64 or 128 of the 512 rays (six level queries each);
+- closed-form gradient, curvature loss on the samples of 64 or 128 of the 512 rays (seven level queries each);
 - central differences (numerical gradient) for every sample, whose seven values also give every Laplacian.
 
 One trainer per variant on the 96x96 composite object, all set to the same mid-run step (5 of 8 levels active at

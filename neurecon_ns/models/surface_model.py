@@ -118,11 +118,11 @@ class SurfaceModelConfig(ModelConfig):
     curvature_loss_weight: float = 0.0
     """Weight of the curvature regulariser `mean |Laplacian f|` over the ray samples within `eikonal_radius`
     (Neuralangelo), at the end of its warm-up; 0 disables it. The Laplacian comes from second differences at the
-    numerical gradient's step (`networks.gradient`: free with "numerical", six more level queries per sample
-    with "analytic")."""
+    numerical gradient's step (`networks.gradient`: free with "numerical"; with "analytic", seven level queries
+    per sample, the point and its six neighbours in float32)."""
     curvature_num_rays: int = 0
     """With the analytic gradient, the curvature loss reads the samples of this many rays of each batch (the first
-    ones; rays are drawn at random), at six level queries per sample; 0: every ray. With numerical gradients every
+    ones; rays are drawn at random), at seven level queries per sample; 0: every ray. With numerical gradients every
     sample has its Laplacian at no extra cost, and all are read."""
     curvature_warmup_steps: int = 500
     """Steps over which the curvature weight grows linearly from 0 to `curvature_loss_weight`."""
