@@ -287,7 +287,9 @@ class SurfaceModel(Model):
         points = ray_samples.frustums.get_positions()
         directions = ray_samples.frustums.directions
         laplacian_rays = self.curvature_rays(points.shape[0])
-        field_outputs = self.field(points, directions, laplacian_rows=laplacian_rays)
+        # the field is asked for Laplacians only when the loss reads them (any field answers `field(points, directions)`)
+        curvature_args = {"laplacian_rows": laplacian_rays} if laplacian_rays > 0 else {}
+        field_outputs = self.field(points, directions, **curvature_args)
         alphas = self.get_alphas(ray_samples, field_outputs)
         if self.config.background_model != "none":
             # beyond the sphere the background network holds the scene (as in NeuS's renderer): a ray that
