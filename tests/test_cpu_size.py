@@ -28,7 +28,7 @@ def test_cpu_size_is_chosen_on_a_cpu_only_and_can_be_declined():
     assert paper.pipeline.model.networks.geometry.hidden_dim == 256, "the paper methods keep their size on a CPU"
 
 
-def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys):
+def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, monkeypatch):
     """The config `ns-train neus-fast --machine.device-type cpu ...` parses (ns-train's own tyro parse), as
     nerfstudio then saves it to config.yml."""
     import tyro
@@ -48,3 +48,9 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys):
     own_rays = tyro.cli(AnnotatedBaseConfigUnion, args=[*args, "--pipeline.datamanager.train-num-rays-per-batch", "128"])
     assert own_rays.pipeline.datamanager.train_num_rays_per_batch == 128
     assert own_rays.pipeline.model.networks.geometry.hash_grid.num_levels == 8
+    # a setting the command line repeats from the preset is kept too: the GPU preset's central differences
+    numerical = [*args, "--pipeline.model.networks.gradient", "numerical"]
+    monkeypatch.setattr("sys.argv", ["ns-train", *numerical])
+    chosen = tyro.cli(AnnotatedBaseConfigUnion, args=numerical)
+    assert chosen.pipeline.model.networks.gradient == "numerical"
+    assert chosen.pipeline.model.networks.geometry.hash_grid.num_levels == 8

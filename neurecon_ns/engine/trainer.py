@@ -27,9 +27,10 @@ import functools
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Sequence, Set, Tuple, Type
 
 import numpy as np
 import torch
@@ -76,8 +77,9 @@ class SurfaceTrainerConfig(TrainerConfig):
         fitted = copy.deepcopy(self)
         fit_hash_grid_method_to_cpu(fitted, self.max_num_iterations)
         preset = all_methods.get(self.method_name, self)
-        self.pipeline = merge_unchanged(copy.deepcopy(self.pipeline), fitted.pipeline, preset.pipeline)
-        self.optimizers = merge_unchanged(copy.deepcopy(self.optimizers), fitted.optimizers, preset.optimizers)
+        given = command_line_settings(sys.argv[1:])
+        self.pipeline = merge_unchanged(copy.deepcopy(self.pipeline), fitted.pipeline, preset.pipeline, given, "pipeline")
+        self.optimizers = merge_unchanged(copy.deepcopy(self.optimizers), fitted.optimizers, preset.optimizers, given, "optimizers")
         CONSOLE.print(
             f"{self.method_name} on a CPU: training at the CPU size (8-level grid up to 256 cells, 512 rays, "
             f"closed-form SDF gradient, schedules over {self.max_num_iterations} steps); pass --cpu-size False "
@@ -85,18 +87,27 @@ class SurfaceTrainerConfig(TrainerConfig):
         )
 
 
-def merge_unchanged(given, fitted, preset):
-    """`fitted`'s value wherever `given` still holds `preset`'s, `given`'s elsewhere, leaf by leaf through
+def command_line_settings(argv: Sequence[str]) -> Set[str]:
+    """The dotted names of the settings a command line gives (`--pipeline.model.networks.gradient numerical` or
+    `--pipeline.model.networks.gradient=numerical` -> `pipeline.model.networks.gradient`), dashes read as
+    underscores as tyro reads them."""
+    return {token[2:].partition("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
+
+
+def merge_unchanged(given, fitted, preset, set_by_user: Set[str] = frozenset(), path: str = ""):
+    """`fitted`'s value wherever `given` still holds `preset`'s and the setting at `path` is not in `set_by_user`
+    (a command line may repeat the preset's value on purpose), `given`'s elsewhere, leaf by leaf through
     dataclasses and dicts (`given` is updated in place where it is a dataclass)."""
     if dataclasses.is_dataclass(given) and not isinstance(given, type) and type(fitted) is type(given) is type(preset):
         for config_field in dataclasses.fields(given):
             name = config_field.name
-            setattr(given, name, merge_unchanged(getattr(given, name), getattr(fitted, name), getattr(preset, name)))
+            merged = merge_unchanged(getattr(given, name), getattr(fitted, name), getattr(preset, name), set_by_user, f"{path}.{name}")
+            setattr(given, name, merged)
         return given
     if isinstance(given, dict) and isinstance(fitted, dict) and isinstance(preset, dict):
-        return {key: merge_unchanged(value, fitted[key], preset.get(key, value)) if key in fitted else value
+        return {key: merge_unchanged(value, fitted[key], preset.get(key, value), set_by_user, f"{path}.{key}") if key in fitted else value
                 for key, value in given.items()}
-    return fitted if given == preset else given
+    return fitted if given == preset and path not in set_by_user else given
 
 
 class SurfaceTrainer(Trainer):
