@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -88,6 +88,23 @@ def extract_model_surface(
     return mesh
 
 
+def surface_point_chunks(model, points_unit: Float[np.ndarray, "num_points 3"], chunk_size: int, on_chunk=None) -> Iterator:
+    """`(start, points, features, gradient)` for `points_unit` in chunks of `chunk_size`, the model in evaluation
+    mode meanwhile (restored after); `on_chunk(n)` is called after each chunk of `n` points (a progress bar)."""
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(points_unit), chunk_size):
+            points = torch.as_tensor(points_unit[start : start + chunk_size], dtype=torch.float32, device=device)
+            _, features, gradient = model.field.get_level_value_and_gradient(points)
+            yield start, points, features, gradient
+            if on_chunk is not None:
+                on_chunk(len(points))
+    finally:
+        model.train(was_training)
+
+
 def surface_colors(
     model,
     points_unit: Float[np.ndarray, "num_points 3"],
@@ -105,28 +122,17 @@ def surface_colors(
     of `n` points (a progress bar)."""
     device = model_device(model)
     colors = np.empty((len(points_unit), 3), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(points_unit), chunk_size):
-            points = torch.as_tensor(points_unit[start : start + chunk_size], dtype=torch.float32, device=device)
-            _, features, gradient = model.field.get_level_value_and_gradient(points)
-            if view_directions is None and camera_centers is not None:
-                centers = torch.as_tensor(camera_centers, dtype=torch.float32, device=device)
-                directions = nearest_to_head_on(points, model.surface_normals(gradient), centers)
-            elif view_directions is None:
-                directions = -model.surface_normals(gradient)
-            else:
-                directions = torch.as_tensor(
-                    view_directions[start : start + chunk_size], dtype=torch.float32, device=device
-                )
-            with torch.no_grad():
-                rgb = model.field.get_colors(points, directions, gradient, features)
-            colors[start : start + len(points)] = rgb.detach().clamp(0.0, 1.0).float().cpu().numpy()
-            if on_chunk is not None:
-                on_chunk(len(points))
-    finally:
-        model.train(was_training)
+    for start, points, features, gradient in surface_point_chunks(model, points_unit, chunk_size, on_chunk):
+        if view_directions is None and camera_centers is not None:
+            centers = torch.as_tensor(camera_centers, dtype=torch.float32, device=device)
+            directions = nearest_to_head_on(points, model.surface_normals(gradient), centers)
+        elif view_directions is None:
+            directions = -model.surface_normals(gradient)
+        else:
+            directions = torch.as_tensor(view_directions[start : start + chunk_size], dtype=torch.float32, device=device)
+        with torch.no_grad():
+            rgb = model.field.get_colors(points, directions, gradient, features)
+        colors[start : start + len(points)] = rgb.detach().clamp(0.0, 1.0).float().cpu().numpy()
     return colors
 
 
@@ -334,34 +340,25 @@ def view_averaged_colors(
     device = model_device(model)
     centers = torch.as_tensor(camera_centers, dtype=torch.float32, device=device)
     colors = np.empty((len(points_unit), 3), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(points_unit), chunk_size):
-            points = torch.as_tensor(points_unit[start : start + chunk_size], dtype=torch.float32, device=device)
-            _, features, gradient = model.field.get_level_value_and_gradient(points)
-            rows = slice(start, start + chunk_size) if selection_rows is None else selection_rows[start : start + chunk_size]
-            view_index = selection.view_index[rows].to(device)
-            weight = selection.weight[rows].to(device)
-            color_sum = torch.zeros(len(points), 3, device=device)
-            with torch.no_grad():
-                for slot in range(view_index.shape[1]):
-                    used = torch.nonzero(view_index[:, slot] >= 0)[:, 0]
-                    directions = F.normalize(points[used] - centers[view_index[used, slot]], dim=-1)
-                    rgb = model.field.get_colors(points[used], directions, gradient[used], features[used])
-                    color_sum[used] += weight[used, slot, None] * rgb.detach().float().clamp(0.0, 1.0)
-                weight_sum = weight.sum(dim=1)
-                rgb = color_sum / weight_sum.clamp(min=1e-20)[:, None]
-                unseen = torch.nonzero(weight_sum <= 0)[:, 0]
-                head_on = model.field.get_colors(
-                    points[unseen], -model.surface_normals(gradient[unseen]), gradient[unseen], features[unseen]
-                )
-                rgb[unseen] = head_on.detach().float().clamp(0.0, 1.0)
-            colors[start : start + len(points)] = rgb.cpu().numpy()
-            if on_chunk is not None:
-                on_chunk(len(points))
-    finally:
-        model.train(was_training)
+    for start, points, features, gradient in surface_point_chunks(model, points_unit, chunk_size, on_chunk):
+        rows = slice(start, start + chunk_size) if selection_rows is None else selection_rows[start : start + chunk_size]
+        view_index = selection.view_index[rows].to(device)
+        weight = selection.weight[rows].to(device)
+        color_sum = torch.zeros(len(points), 3, device=device)
+        with torch.no_grad():
+            for slot in range(view_index.shape[1]):
+                used = torch.nonzero(view_index[:, slot] >= 0)[:, 0]
+                directions = F.normalize(points[used] - centers[view_index[used, slot]], dim=-1)
+                rgb = model.field.get_colors(points[used], directions, gradient[used], features[used])
+                color_sum[used] += weight[used, slot, None] * rgb.detach().float().clamp(0.0, 1.0)
+            weight_sum = weight.sum(dim=1)
+            rgb = color_sum / weight_sum.clamp(min=1e-20)[:, None]
+            unseen = torch.nonzero(weight_sum <= 0)[:, 0]
+            head_on = model.field.get_colors(
+                points[unseen], -model.surface_normals(gradient[unseen]), gradient[unseen], features[unseen]
+            )
+            rgb[unseen] = head_on.detach().float().clamp(0.0, 1.0)
+        colors[start : start + len(points)] = rgb.cpu().numpy()
     return colors
 
 
