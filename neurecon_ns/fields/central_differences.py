@@ -27,6 +27,13 @@ def neighbour_offsets(step: Union[float, Tensor], like: Tensor) -> Float[Tensor,
     return torch.cat([axes, -axes]) * step
 
 
+def stencil_points(points: Float[Tensor, "*bs 3"], step: Union[float, Tensor]) -> Float[Tensor, "*bs 7 3"]:
+    """Each point followed by its six neighbours in `neighbour_offsets` order: the seven points whose values give
+    the gradient and the Laplacian, as one batch."""
+    neighbours = points[..., None, :] + neighbour_offsets(step, points)  # [..., 6, 3]
+    return torch.cat([points[..., None, :], neighbours], dim=-2)
+
+
 def gradient_from_neighbours(
     neighbour_values: Float[Tensor, "*bs 6"], step: Union[float, Tensor]
 ) -> Float[Tensor, "*bs 3"]:

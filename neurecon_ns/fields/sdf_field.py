@@ -23,7 +23,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from neurecon_ns.fields.central_differences import (
     gradient_from_neighbours,
     laplacian_from_neighbours,
-    neighbour_offsets,
+    stencil_points,
 )
 from neurecon_ns.fields.hash_encoding import HashGridConfig, ProgressiveHashEncoding
 from neurecon_ns.fields.level_set_network import LevelSetNetwork
@@ -530,9 +530,8 @@ class SurfaceField(nn.Module):
         through the differences without a second derivative.
         """
         step = self.numerical_gradient_step()
-        neighbours = points[..., None, :] + neighbour_offsets(step, points)  # [..., 6, 3]
         with torch.set_grad_enabled(keep_graph):
-            output = self.geometry_network(torch.cat([points[..., None, :], neighbours], dim=-2))
+            output = self.geometry_network(stencil_points(points, step))
         return output[..., 0, :1], output[..., 0, 1:], output[..., 1:, 0], step
 
     def _level_value_and_numerical_gradient(
@@ -569,12 +568,11 @@ class SurfaceField(nn.Module):
         with full_precision(points.device.type):
             points = at_least_float32(points)
             step = self.numerical_gradient_step()
-            neighbours = points[..., None, :] + neighbour_offsets(step, points)  # [..., 6, 3]
             # float32 products whatever the field's precision: bfloat16's rounding of each value would swamp it
             self.geometry_network.product_dtype = torch.float32
             with torch.set_grad_enabled(create_graph):
                 query = self._network_pass("level value", self.geometry_network.level_value)
-                values = query(torch.cat([points[..., None, :], neighbours], dim=-2))[..., 0]
+                values = query(stencil_points(points, step))[..., 0]
             values = at_least_float32(values)
             return laplacian_from_neighbours(values[..., :1], values[..., 1:], step)
 
