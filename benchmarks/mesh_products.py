@@ -86,7 +86,8 @@ def textured_product(model, mesh, args, label: str, colour: str, views):
     textured = bake_texture(
         model, mesh, args.texture_size, progress=False,
         camera_centers=views.c2w_opencv[:, :3, 3] if colour == "nearest" else None,
-        views=views if colour == "views" else None, max_views=args.max_views,
+        views=views if colour in ("views", "photos") else None, max_views=args.max_views,
+        from_photographs=colour == "photos",
     )
     print(f"[{label}] bake {args.texture_size}^2 (unwrap, rasterise, query, fill): {time.perf_counter() - started:.1f} s")
     if args.output_path is not None:
@@ -99,6 +100,7 @@ def run_bake(args) -> None:
     from neurecon_ns.mesh.model_mesh import (
         cull_to_training_views,
         extract_model_surface,
+        photograph_averaged_colors,
         select_views,
         surface_colors,
         training_views,
@@ -117,7 +119,12 @@ def run_bake(args) -> None:
     started = time.perf_counter()
     mesh = extract_model_surface(model, resolution=args.resolution, progress=False)
     print(f"extract at {args.resolution}: {len(mesh.faces):,} faces in {time.perf_counter() - started:.1f} s")
-    names = {"head-on": "head-on", "nearest": "nearest camera", "views": f"averaged over <= {args.max_views} views"}
+    names = {
+        "head-on": "head-on",
+        "nearest": "nearest camera",
+        "views": f"averaged over <= {args.max_views} views",
+        "photos": f"photographs averaged over <= {args.max_views} views",
+    }
     products = {}
     for colour in args.colours:
         products[f"whole, {names[colour]}"] = textured_product(model, mesh, args, f"whole, {names[colour]}", colour, views)
@@ -160,15 +167,21 @@ def run_bake(args) -> None:
             images["along_rays"] = np.zeros((camera.height, camera.width, 3))
             images["along_rays"][covered] = surface_colors(model, pixel_points, ray_directions[covered])
             images["baked_view"] = np.zeros((camera.height, camera.width, 3))
-            if colour == "views":
+            if colour in ("views", "photos"):
                 # views chosen per face, as the bake does; the atlas keeps the baked mesh's face order
                 selection = select_views(
                     baked_mesh, np.asarray(baked_mesh.triangles_center), torch.arange(len(baked_mesh.faces)), views,
                     args.max_views,
                 )
-                images["baked_view"][covered] = view_averaged_colors(
-                    model, pixel_points, selection, camera_centers, selection_rows=fragments.face_index[fragments.mask]
-                )
+                pixel_faces = fragments.face_index[fragments.mask]
+                if colour == "views":
+                    images["baked_view"][covered] = view_averaged_colors(
+                        model, pixel_points, selection, camera_centers, selection_rows=pixel_faces
+                    )
+                else:
+                    baked, seen = photograph_averaged_colors(pixel_points, selection, views, pixel_faces)
+                    baked[~seen] = surface_colors(model, pixel_points[~seen])
+                    images["baked_view"][covered] = baked
             else:
                 centers = camera_centers if colour == "nearest" else None
                 images["baked_view"][covered] = surface_colors(model, pixel_points, camera_centers=centers)
@@ -208,8 +221,8 @@ def main() -> None:
     bake_parser.add_argument("--texture-size", type=int, default=2048)
     bake_parser.add_argument("--view-stride", type=int, default=8)
     bake_parser.add_argument(
-        "--colours", nargs="+", choices=("head-on", "nearest", "views"), default=["head-on", "views"],
-        help="the texture colours to bake: head-on, from the camera nearest to head-on, averaged over the views that see the point",
+        "--colours", nargs="+", choices=("head-on", "nearest", "views", "photos"), default=["head-on", "views"],
+        help="the texture colours to bake: head-on, from the camera nearest to head-on, averaged over the views that see the point, the photographs averaged over those views",
     )
     bake_parser.add_argument("--max-views", type=int, default=4, help="views averaged per texel with --colours views")
     bake_parser.add_argument("--cull-unseen", action="store_true", help="also bake the mesh culled as by `neurecon mesh --cull-unseen`, and compare")

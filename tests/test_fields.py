@@ -127,6 +127,15 @@ def test_radiance_network_is_the_mlp_on_the_concatenated_input():
         assert torch.allclose(got, want, atol=1e-12)
 
 
+def test_a_field_queried_with_no_points_returns_empty_outputs():
+    """A chunk in which no point needs a query (every texel seen by no view, say) asks the field for nothing."""
+    field = SurfaceFieldConfig(geometry=GeometryNetworkConfig(num_layers=2, hidden_dim=32, skip_layers=())).setup()
+    no_points = torch.zeros(0, 3)
+    level_value, features, gradient = field.get_level_value_and_gradient(no_points)
+    assert level_value.shape == (0, 1) and gradient.shape == (0, 3) and features.shape[0] == 0
+    assert field.get_colors(no_points, no_points, gradient, features).shape == (0, 3)
+
+
 def test_closed_form_gradient_runs_in_full_precision_under_autocast():
     """Mixed precision (nerfstudio's `--mixed-precision`, here CPU's bfloat16 autocast) leaves the closed-form pass
     in float32, forward and backward."""

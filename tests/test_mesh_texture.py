@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from PIL import Image
 
+from neurecon_ns.data.conventions import flip_camera_axes
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.mesh.extract import extract_level_set
 from neurecon_ns.mesh.model_mesh import (
     TrainingViews,
     bake_texture,
     nearest_to_head_on,
+    photograph_averaged_colors,
     select_views,
     surface_colors,
     view_averaged_colors,
@@ -172,6 +175,44 @@ def test_a_point_occluded_from_a_view_does_not_take_that_views_colour():
     # without the depth test (a tolerance that passes every depth) the view above wins the hidden point
     leaky = select_views(squares, points, faces, views, max_views=2, depth_tolerance=10.0)
     assert 0 in leaky.view_index[0].tolist()
+
+
+def photographed_views(mesh: trimesh.Trimesh, eyes, folder, size: int = 128, focal: float = 120.0) -> TrainingViews:
+    """`look_at_views` with photographs: `color_field` on the mesh, rasterised from each camera on black, as PNGs."""
+    views = look_at_views(eyes, size=size, focal=focal)
+    vertices, faces = torch.as_tensor(mesh.vertices), torch.as_tensor(mesh.faces)
+    paths = []
+    for index, c2w in enumerate(flip_camera_axes(views.c2w_opencv)):
+        camera = PinholeCamera(camera_to_world=c2w, fx=focal, fy=focal, cx=size / 2, cy=size / 2, width=size, height=size)
+        fragments = rasterize(vertices, faces, camera)
+        points = interpolate_vertex_attribute(vertices, faces, fragments)
+        image = torch.where(fragments.mask[..., None], color_field(points), 0.0)
+        paths.append(folder / f"view_{index}.png")
+        Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(paths[-1])
+    views.image_paths = paths
+    return views
+
+
+def test_a_texture_from_the_photographs_holds_the_photographed_colour(coarse_torus, tmp_path):
+    eyes = [[0.0, 0.0, 3.0], [3.0, 0.0, 1.0], [-2.0, 2.0, -1.5], [0.0, -3.0, -1.0], [1.0, 1.0, -3.0]]
+    views = photographed_views(coarse_torus, eyes, tmp_path)
+    # the model's colour is wrong everywhere (the normal map): only the photographs can give the colour field
+    textured = bake_texture(DirectionColorModel(), coarse_torus, texture_size=128, views=views, max_views=3, from_photographs=True)
+    colors = baked_colors_at_face_centres(textured)
+    expected = color_field(torch.as_tensor(textured.triangles_center))
+    selection = select_views(
+        coarse_torus, np.asarray(coarse_torus.triangles_center), torch.arange(len(coarse_torus.faces)), views, 3, neighbourhood_px=1
+    )
+    seen = selection.weight.sum(dim=1) > 0
+    assert seen.float().mean() > 0.6
+    error = (colors[seen] - expected[seen]).abs()
+    # 8-bit photographs rasterised at 128 px, sampled bilinearly at the points' projections (0.0033 and 0.0008)
+    assert error.mean() < 0.006 and error.median() < 0.002
+    # and point by point: the average of the selected views' photographs, the unseen points left out
+    points = np.asarray(coarse_torus.triangles_center)
+    averaged, from_photos = photograph_averaged_colors(points, selection, views)
+    np.testing.assert_array_equal(from_photos, seen.numpy())
+    assert np.abs(averaged[~from_photos]).max() == 0.0
 
 
 def test_texels_that_no_view_sees_take_the_head_on_colour(coarse_torus):
@@ -341,6 +382,17 @@ def test_mesh_command_texture_with_cleanup_on_a_trained_run(tiny_neus_run, tmp_p
     assert len(head_on.faces) == len(loaded.faces)
     head_on_texture = np.asarray(head_on.visual.material.baseColorTexture.convert("RGB"))
     assert np.abs(head_on_texture.astype(int) - texture.astype(int)).mean() > 1.0
+    # from the photographs: the training images' colours, where the views see the surface away from its silhouettes
+    Mesh(
+        load_config=tiny_neus_run, output_path=tmp_path / "photos.glb", resolution=48, texture=True, texture_size=128,
+        target_faces=1500, min_component_fraction=0.05, fill_holes=20, device="cpu", progress=False,
+        texture_color="photos",
+    ).main()
+    seen = re.search(r"texture: the photographs' colour averaged over up to 4 of \d+ training views; ([\d.]+)% of the texels seen", " ".join(capsys.readouterr().out.split()))
+    assert seen is not None and float(seen.group(1)) > 10.0
+    photos = trimesh.load(tmp_path / "photos.glb", force="mesh", process=False)
+    photos_texture = np.asarray(photos.visual.material.baseColorTexture.convert("RGB"))
+    assert np.abs(photos_texture.astype(int) - texture.astype(int)).mean() > 0.5
 
     with pytest.raises(UserInputError, match="--texture-views 0: give at least 1 view per texel"):
         Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.obj", texture=True, texture_views=0).main()

@@ -335,7 +335,7 @@ class RadianceNetwork(nn.Module):
         hidden = torch.addmm(hidden, cast(features.reshape(-1, feature_dim)), cast(weight[:, -feature_dim:].t()))
         for layer in rest:
             hidden = F.linear(torch.relu(hidden), cast(layer.weight), cast(layer.bias))
-        hidden = hidden.reshape(*batch_shape, -1)
+        hidden = hidden.reshape(*batch_shape, hidden.shape[-1])
         return torch.sigmoid(at_least_float32(hidden))
 
 
@@ -472,7 +472,7 @@ class SurfaceField(nn.Module):
         with_gradient = self._network_pass("geometry and gradient", self.geometry_network.value_features_and_gradient)
         level_value, features, gradient = with_gradient(points.reshape(-1, 3), create_graph)
         batch_shape = points.shape[:-1]
-        return level_value.reshape(*batch_shape, 1), features.reshape(*batch_shape, -1), gradient.reshape(points.shape)
+        return level_value.reshape(*batch_shape, 1), features.reshape(*batch_shape, features.shape[-1]), gradient.reshape(points.shape)
 
     def _network_pass(self, name: str, eager: Callable) -> Callable:
         """`eager`, or its `torch.compile`d version when `compile` is set and compilation has not failed."""

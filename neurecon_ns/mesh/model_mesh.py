@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
-from jaxtyping import Float, Int, UInt8
+from jaxtyping import Bool, Float, Int, UInt8
 from PIL import Image
 from torch import Tensor
 
@@ -179,13 +179,15 @@ def bake_texture(
     max_views: int = 4,
     use_masks: bool = True,
     depth_tolerance: float = 0.01,
+    from_photographs: bool = False,
 ) -> trimesh.Trimesh:
     """The mesh (training space) unwrapped into a UV atlas, with the radiance network's colour of the surface
     point under each texel baked into a `texture_size`^2 texture whose gutters are filled.
 
     The colour is, with `views` (the training cameras), the average over the views that see the point
     (`select_views`: at most `max_views` of them, those where it covers the most pixels; `view_averaged_colors`),
-    the views chosen per face (at its centroid) and shared by the face's texels;
+    the views chosen per face (at its centroid) and shared by the face's texels; with `from_photographs` too, the
+    same average of the photographs' colours where the point projects (`photograph_averaged_colors`);
     otherwise, with `camera_centers`, the colour seen from the camera that faces the point most squarely; otherwise
     the colour seen head-on (`surface_colors`). Texels that no view sees take the head-on colour.
 
@@ -207,12 +209,21 @@ def bake_texture(
             selection = select_views(
                 mesh_unit, np.asarray(mesh_unit.triangles_center), torch.arange(len(mesh_unit.faces)), views,
                 max_views, use_masks, depth_tolerance, device=model_device(model), on_view=lambda: bar.advance(task),
+                neighbourhood_px=1 if from_photographs else 0,
             )
-            task = bar.add_task(f"baking {texture_size}x{texture_size} texture from {max_views} views", total=len(points))
-            colors = view_averaged_colors(
-                model, points, selection, views.c2w_opencv[:, :3, 3], chunk_size, lambda n: bar.advance(task, n),
-                selection_rows=texel_faces,
-            )
+            if from_photographs:
+                task = bar.add_task(f"baking {texture_size}x{texture_size} texture from the photographs", total=len(views.intrinsics))
+                colors, seen = photograph_averaged_colors(
+                    points, selection, views, texel_faces, on_view=lambda: bar.advance(task)
+                )
+                unseen = np.flatnonzero(~seen)
+                colors[unseen] = surface_colors(model, points[unseen], None, chunk_size)
+            else:
+                task = bar.add_task(f"baking {texture_size}x{texture_size} texture from {max_views} views", total=len(points))
+                colors = view_averaged_colors(
+                    model, points, selection, views.c2w_opencv[:, :3, 3], chunk_size, lambda n: bar.advance(task, n),
+                    selection_rows=texel_faces,
+                )
         else:
             task = bar.add_task(f"baking {texture_size}x{texture_size} texture", total=len(points))
             colors = surface_colors(
@@ -260,6 +271,7 @@ def select_views(
     device: Union[str, torch.device] = "cpu",
     chunk_size: int = 2**20,
     on_view=None,
+    neighbourhood_px: int = 0,
 ) -> ViewSelection:
     """The views that see each point of the mesh (`point_faces`: the face it lies on), at most `max_views` of them,
     those with the largest `pixel_weight`.
@@ -267,8 +279,12 @@ def select_views(
     A view sees a point when the point faces it, projects inside its image (and, with `use_masks`, inside its
     mask) and is not occluded: the mesh rasterised from that view (`render.rasterize`) shows at the point's pixel
     the point's own face, nothing, or a surface no nearer than `(1 - depth_tolerance - 1 / (f cos(theta)))` times
-    the point's depth (the depth change across a pixel of a surface inclined by theta, with a margin). The views are visited one at a
-    time, so memory holds one depth buffer and the `max_views` slots per point.
+    the point's depth (the depth change across a pixel of a surface inclined by theta, with a margin). With
+    `neighbourhood_px` > 0, every pixel within that many pixels of the point's must also lie inside the image (and
+    mask) and show a surface at the point's depth, within twice that slack per pixel of offset: a point next to a
+    silhouette or an occluding edge is not seen, so that a photograph sampled around its projection shows the
+    point's own surface. The views are visited one at a time, so memory holds one depth buffer and the
+    `max_views` slots per point.
     """
     from neurecon_ns.render.rasterize import PinholeCamera, project_to_pixels, rasterize
 
@@ -310,6 +326,16 @@ def select_views(
             slack = depth_tolerance + 1.0 / (min(camera.fx, camera.fy) * cosine.clamp(min=0.1))
             unoccluded = (face_buffer[pixel] == point_faces[chunk]) | (depth * (1.0 - slack) <= depth_buffer[pixel])
             seen = inside & unoccluded & (mask[pixel] if mask is not None else True)
+            for row_offset in range(-neighbourhood_px, neighbourhood_px + 1):
+                for column_offset in range(-neighbourhood_px, neighbourhood_px + 1):
+                    if row_offset == 0 and column_offset == 0:
+                        continue
+                    near_column, near_row = column + column_offset, row + row_offset
+                    near_inside = (near_column >= 0) & (near_column < width) & (near_row >= 0) & (near_row < height)
+                    near_pixel = (near_row.clamp(0, height - 1) * width + near_column.clamp(0, width - 1)).long()
+                    offset_px = max(abs(row_offset), abs(column_offset))
+                    continuous = (depth_buffer[near_pixel] - depth).abs() <= 2.0 * offset_px * slack * depth
+                    seen &= near_inside & continuous & (mask[near_pixel] if mask is not None else True)
             new_weight = torch.where(seen, pixel_weight(chunk_points, normals, center, camera.fx, camera.fy), 0.0)
             # keep the max_views largest weights: the new view replaces the smallest slot when it beats it
             smallest, slot = weight[chunk].min(dim=1)
@@ -362,6 +388,59 @@ def view_averaged_colors(
     return colors
 
 
+def photograph_averaged_colors(
+    points_unit: Float[np.ndarray, "num_points 3"],
+    selection: ViewSelection,
+    views: "TrainingViews",
+    selection_rows: Optional[Int[Tensor, " num_points"]] = None,
+    chunk_size: int = 2**20,
+    on_view=None,
+) -> Tuple[Float[np.ndarray, "num_points 3"], Bool[np.ndarray, " num_points"]]:
+    """RGB in [0, 1]: `sum_k w_k I_k(p_k(x)) / sum_k w_k` over the views `k` of `selection`, `I_k` view `k`'s
+    photograph sampled bilinearly where the point `x` projects (`p_k`), and whether some view sees the point (the
+    colour of a point that none sees is left 0). The photographs' own colours, as photogrammetry textures a mesh:
+    sharper than the radiance network where the surface is accurate, misregistered where it is not.
+    `selection_rows` as in `view_averaged_colors`. The views are visited one at a time (one photograph in memory)."""
+    from neurecon_ns.mesh.texture import sample_texture
+    from neurecon_ns.render.rasterize import PinholeCamera, project_to_pixels
+
+    if views.image_paths is None:
+        raise ValueError("photograph_averaged_colors needs the views' image paths")
+    points = torch.as_tensor(np.asarray(points_unit), dtype=torch.float32)
+    rows = torch.arange(len(points)) if selection_rows is None else selection_rows.cpu()
+    color_sum = torch.zeros(len(points), 3)
+    weight_sum = torch.zeros(len(points))
+    c2w_opengl = flip_camera_axes(views.c2w_opencv)
+    for index in range(len(views.intrinsics)):
+        intrinsics = views.intrinsics[index]
+        width, height = (int(size) for size in views.image_sizes[index])
+        camera = PinholeCamera(
+            camera_to_world=c2w_opengl[index], fx=float(intrinsics[0, 0]), fy=float(intrinsics[1, 1]),
+            cx=float(intrinsics[0, 2]), cy=float(intrinsics[1, 2]), width=width, height=height,
+        )
+        with Image.open(views.image_paths[index]) as image:
+            photograph = torch.as_tensor(np.array(image.convert("RGB")), dtype=torch.float32) / 255.0
+        for start in range(0, len(points), chunk_size):
+            chunk_rows = rows[start : start + chunk_size]
+            # the point's weight for this view: the slot of `selection` that holds the view, 0 if none does
+            chunk_weight = torch.where(
+                selection.view_index[chunk_rows].cpu() == index, selection.weight[chunk_rows].cpu(), 0.0
+            ).sum(dim=1)
+            seen = torch.nonzero(chunk_weight > 0)[:, 0]
+            if len(seen) == 0:
+                continue
+            pixels, _ = project_to_pixels(points[start + seen], camera)
+            # pixel centres at k + 1/2 are texel centres of `sample_texture`, whose v runs upwards
+            uv = torch.stack([pixels[:, 0] / width, 1.0 - pixels[:, 1] / height], dim=-1)
+            color_sum[start + seen] += chunk_weight[seen, None] * sample_texture(photograph, uv)
+            weight_sum[start + seen] += chunk_weight[seen]
+        if on_view is not None:
+            on_view()
+    seen = weight_sum > 0
+    colors = torch.where(seen[:, None], color_sum / weight_sum.clamp(min=1e-20)[:, None], 0.0)
+    return colors.numpy(), seen.numpy()
+
+
 @dataclass
 class TrainingViews:
     """The training cameras of a run, in its training space, as the culling needs them."""
@@ -372,6 +451,8 @@ class TrainingViews:
     """`(width, height)` per view."""
     mask_paths: Optional[List[Path]]
     """Foreground masks, one per view, when the data has them."""
+    image_paths: Optional[List[Path]] = None
+    """The photographs, one per view."""
 
     def load_masks(self) -> List[np.ndarray]:
         assert self.mask_paths is not None
@@ -401,6 +482,7 @@ def training_views(dataparser_outputs) -> TrainingViews:
         c2w_opencv=flip_camera_axes(c2w),
         image_sizes=sizes.astype(np.int64),
         mask_paths=[Path(p) for p in mask_paths] if mask_paths else None,
+        image_paths=[Path(p) for p in dataparser_outputs.image_filenames],
     )
 
 

@@ -60,10 +60,10 @@ class Mesh:
     """Unwrap the mesh into a UV atlas and bake the radiance field's colour into a texture: writes <stem>.obj, .mtl, .png and .glb."""
     texture_size: int = 2048
     """Side of the square texture, in texels."""
-    texture_color: Literal["views", "normal"] = "views"
-    """Colour baked into the texture: "views", the radiance field's colour averaged over the training views that see the surface point (inside their masks, occlusion tested), weighted by the pixels the point covers in each; "normal", the colour seen head-on along the surface normal (also where no view sees a point)."""
+    texture_color: Literal["views", "photos", "normal"] = "views"
+    """Colour baked into the texture: "views", the radiance field's colour averaged over the training views that see the surface point (inside their masks, occlusion tested), weighted by the pixels the point covers in each; "photos", the training photographs' colours averaged over the same views (points near a silhouette in a view are not taken from it); "normal", the colour seen head-on along the surface normal (also where no view sees a point)."""
     texture_views: int = 4
-    """With --texture-color views: the most views averaged per texel (those in which the point covers the most pixels); each adds one radiance-network query per texel."""
+    """With --texture-color views or photos: the most views averaged per texel (those in which the point covers the most pixels); with views, each adds one radiance-network query per texel."""
     level: float = 0.0
     """Level of the level-set function to extract (0 is the surface)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -122,14 +122,15 @@ class Mesh:
         for report in reports:
             console.print(f"  {report.line()}")
         if self.texture:
-            views = training_views(outputs) if self.texture_color == "views" else None
+            views = training_views(outputs) if self.texture_color in ("views", "photos") else None
             mesh = bake_texture(
                 model, mesh, self.texture_size, self.chunk_size // 2, self.progress, views=views,
-                max_views=self.texture_views,
+                max_views=self.texture_views, from_photographs=self.texture_color == "photos",
             )
             if views is not None:
+                source = "the photographs' colour" if self.texture_color == "photos" else "colour"
                 console.print(
-                    f"  texture: colour averaged over up to {self.texture_views} of {len(views.intrinsics)} training views; "
+                    f"  texture: {source} averaged over up to {self.texture_views} of {len(views.intrinsics)} training views; "
                     f"{100 * mesh.metadata['texels_seen_fraction']:.1f}% of the texels seen by a view, the rest head-on"
                 )
         elif self.vertex_colors:
