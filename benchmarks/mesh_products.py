@@ -86,7 +86,7 @@ def textured_product(model, mesh, args, label: str, colour: str, views):
     textured = bake_texture(
         model, mesh, args.texture_size, progress=False,
         camera_centers=views.c2w_opencv[:, :3, 3] if colour == "nearest" else None,
-        views=views if colour in ("views", "photos") else None, max_views=args.max_views,
+        views=views if colour in ("views", "photos") else None, max_views=args.max_views or None,
         from_photographs=colour == "photos",
     )
     print(f"[{label}] bake {args.texture_size}^2 (unwrap, rasterise, query, fill): {time.perf_counter() - started:.1f} s")
@@ -122,8 +122,8 @@ def run_bake(args) -> None:
     names = {
         "head-on": "head-on",
         "nearest": "nearest camera",
-        "views": f"averaged over <= {args.max_views} views",
-        "photos": f"photographs averaged over <= {args.max_views} views",
+        "views": f"averaged over <= {args.max_views or 'all'} views",
+        "photos": f"photographs averaged over <= {args.max_views or 'all'} views",
     }
     products = {}
     for colour in args.colours:
@@ -171,7 +171,7 @@ def run_bake(args) -> None:
                 # views chosen per face, as the bake does; the atlas keeps the baked mesh's face order
                 selection = select_views(
                     baked_mesh, np.asarray(baked_mesh.triangles_center), torch.arange(len(baked_mesh.faces)), views,
-                    args.max_views,
+                    args.max_views or len(views.intrinsics), neighbourhood_px=1 if colour == "photos" else 0,
                 )
                 pixel_faces = fragments.face_index[fragments.mask]
                 if colour == "views":
@@ -224,7 +224,7 @@ def main() -> None:
         "--colours", nargs="+", choices=("head-on", "nearest", "views", "photos"), default=["head-on", "views"],
         help="the texture colours to bake: head-on, from the camera nearest to head-on, averaged over the views that see the point, the photographs averaged over those views",
     )
-    bake_parser.add_argument("--max-views", type=int, default=4, help="views averaged per texel with --colours views")
+    bake_parser.add_argument("--max-views", type=int, default=4, help="views averaged per texel with --colours views or photos; 0: every view that sees it")
     bake_parser.add_argument("--cull-unseen", action="store_true", help="also bake the mesh culled as by `neurecon mesh --cull-unseen`, and compare")
     bake_parser.add_argument("--mask-dilation-px", type=float, default=0.0, help="grows the masks of --cull-unseen")
     bake_parser.add_argument("--min-component-fraction", type=float, default=0.05)

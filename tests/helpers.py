@@ -11,6 +11,18 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
+import pytest
+
+from neurecon_ns.utils.precision import cpu_flags, has_bf16_matrix_units
+
+# read at import, before conftest's fixture hides the CPU's bf16 units from the tests
+CPU_HAS_BF16_UNITS = has_bf16_matrix_units(cpu_flags())
+BF16_ON_BF16_UNITS = pytest.param(
+    "bf16", marks=pytest.mark.skipif(not CPU_HAS_BF16_UNITS, reason="bf16 training runs are checked where the CPU has bf16 matrix units")
+)
+"""The bfloat16 case of a test that trains in both precisions: the paper-size methods' convergence runs take
+minutes in bf16 on a CPU that only emulates it, so they run where `auto` would choose bf16."""
+
 # every method: CPU, small batches, a 2-layer geometry MLP without skip connections (`skip-layers` with no
 # value), and large eval chunks, which make rendering on CPU faster and change no rendered value
 TINY_NETWORKS = [

@@ -7,6 +7,7 @@ the true one everywhere, so a judge that passes it would not be measuring the sh
 """
 
 import pytest
+from helpers import BF16_ON_BF16_UNITS
 
 from neurecon_ns.data.shapes import get_shape, scaled, surface_mesh
 from neurecon_ns.data.synthetic import write_scene
@@ -30,9 +31,10 @@ def sphere_scene(tmp_path_factory):
     return write_scene(tmp_path_factory.mktemp("sphere_scene"), shape="sphere", num_views=32, width=64, height=64, mesh_resolution=160)
 
 
-@pytest.fixture(scope="module")
-def neus_run(sphere_scene, tmp_path_factory):
-    return train_short("neus-dtu", sphere_scene.output_dir, tmp_path_factory.mktemp("neus"), NEUS_STEPS)
+@pytest.fixture(scope="module", params=["fp32", BF16_ON_BF16_UNITS])
+def neus_run(request, sphere_scene, tmp_path_factory):
+    overrides = {"networks.precision": request.param}
+    return train_short("neus-dtu", sphere_scene.output_dir, tmp_path_factory.mktemp("neus"), NEUS_STEPS, overrides=overrides)
 
 
 @pytest.fixture(scope="module", params=["fp32", "bf16"])
@@ -44,7 +46,7 @@ def fast_run(request, sphere_scene, tmp_path_factory):
 
 @pytest.mark.slow
 def test_neus_converges_to_the_exact_surface(neus_run):
-    print(f"measured: neus-dtu sphere Chamfer {neus_run.report.chamfer:.4f}")
+    print(f"measured: neus-dtu ({neus_run.trainer.pipeline.model.field.resolved_precision}) sphere Chamfer {neus_run.report.chamfer:.4f}")
     assert neus_run.report.chamfer < NEUS_CHAMFER_BOUND, neus_run.report
 
 

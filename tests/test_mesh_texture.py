@@ -213,6 +213,10 @@ def test_a_texture_from_the_photographs_holds_the_photographed_colour(coarse_tor
     averaged, from_photos = photograph_averaged_colors(points, selection, views)
     np.testing.assert_array_equal(from_photos, seen.numpy())
     assert np.abs(averaged[~from_photos]).max() == 0.0
+    # a photograph moved away since training: one sentence naming it and the other colour source
+    (tmp_path / "view_2.png").unlink()
+    with pytest.raises(UserInputError, match=r"view_2\.png: this training photograph is missing.*--texture-color views\."):
+        photograph_averaged_colors(points, selection, views)
 
 
 def test_texels_that_no_view_sees_take_the_head_on_colour(coarse_torus):
@@ -358,7 +362,10 @@ def test_mesh_command_texture_with_cleanup_on_a_trained_run(tiny_neus_run, tmp_p
     ).main()
     output = capsys.readouterr().out
     assert "simplify:" in output and "small components:" in output and "fill holes:" in output
-    seen = re.search(r"texture: colour averaged over up to 4 of (\d+) training views; ([\d.]+)% of the texels seen", " ".join(output.split()))
+    seen = re.search(
+        r"texture: the photographs' colour averaged over the training views that see each point \((\d+) views\); ([\d.]+)% of the texels seen",
+        " ".join(output.split()),
+    )
     assert seen is not None, output
     assert float(seen.group(2)) > 20.0, "the training views see much of the surface"
     for suffix in (".obj", ".mtl", ".png", ".glb"):
@@ -377,22 +384,25 @@ def test_mesh_command_texture_with_cleanup_on_a_trained_run(tiny_neus_run, tmp_p
         target_faces=1500, min_component_fraction=0.05, fill_holes=20, device="cpu", progress=False,
         texture_color="normal",
     ).main()
-    assert "texture: colour averaged" not in capsys.readouterr().out
+    assert "averaged over" not in capsys.readouterr().out
     head_on = trimesh.load(tmp_path / "normal.glb", force="mesh", process=False)
     assert len(head_on.faces) == len(loaded.faces)
     head_on_texture = np.asarray(head_on.visual.material.baseColorTexture.convert("RGB"))
     assert np.abs(head_on_texture.astype(int) - texture.astype(int)).mean() > 1.0
-    # from the photographs: the training images' colours, where the views see the surface away from its silhouettes
+    # the radiance field's colour averaged over the views: another texture of the same mesh
     Mesh(
-        load_config=tiny_neus_run, output_path=tmp_path / "photos.glb", resolution=48, texture=True, texture_size=128,
+        load_config=tiny_neus_run, output_path=tmp_path / "views.glb", resolution=48, texture=True, texture_size=128,
         target_faces=1500, min_component_fraction=0.05, fill_holes=20, device="cpu", progress=False,
-        texture_color="photos",
+        texture_color="views",
     ).main()
-    seen = re.search(r"texture: the photographs' colour averaged over up to 4 of \d+ training views; ([\d.]+)% of the texels seen", " ".join(capsys.readouterr().out.split()))
-    assert seen is not None and float(seen.group(1)) > 10.0
-    photos = trimesh.load(tmp_path / "photos.glb", force="mesh", process=False)
-    photos_texture = np.asarray(photos.visual.material.baseColorTexture.convert("RGB"))
-    assert np.abs(photos_texture.astype(int) - texture.astype(int)).mean() > 0.5
+    seen = re.search(
+        r"texture: the radiance field's colour averaged over at most 4 of the training views that see each point \(\d+ views\); ([\d.]+)% of the texels seen",
+        " ".join(capsys.readouterr().out.split()),
+    )
+    assert seen is not None and float(seen.group(1)) > 20.0
+    network = trimesh.load(tmp_path / "views.glb", force="mesh", process=False)
+    network_texture = np.asarray(network.visual.material.baseColorTexture.convert("RGB"))
+    assert np.abs(network_texture.astype(int) - texture.astype(int)).mean() > 1.0
 
     with pytest.raises(UserInputError, match="--texture-views 0: give at least 1 view per texel"):
         Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.obj", texture=True, texture_views=0).main()

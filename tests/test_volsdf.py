@@ -10,7 +10,7 @@ from typing import Callable, Tuple
 
 import pytest
 import torch
-from helpers import bin_path, ns_render_interpolate, run_tool, train_tiny
+from helpers import BF16_ON_BF16_UNITS, bin_path, ns_render_interpolate, run_tool, train_tiny
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
@@ -435,7 +435,8 @@ def torus_scene(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", BF16_ON_BF16_UNITS])
+def test_short_training_converges_to_the_torus(torus_scene, tmp_path, precision):
     """A 500-step CPU run recovers the torus, up to the inward offset of about beta that VolSDF's density
     implies while beta is large.
 
@@ -455,7 +456,7 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
     from neurecon_ns.mesh.extract import extract_level_set
     from neurecon_ns.training import train_short
 
-    run = train_short("volsdf-dtu", torus_scene.output_dir, tmp_path / "outputs", SHORT_RUN_STEPS)
+    run = train_short("volsdf-dtu", torus_scene.output_dir, tmp_path / "outputs", SHORT_RUN_STEPS, overrides={"networks.precision": precision})
     model = run.trainer.pipeline.model
     torus = shapes.get_shape("torus")
     turn = shapes.rotation_about_axis((1.0, 0.0, 0.0), np.deg2rad(30.0))
@@ -465,7 +466,7 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
         return compare_meshes(mesh, shapes.surface_mesh(shape, resolution=160), num_points=30_000).chamfer
 
     to_larger, to_turned = chamfer(run.mesh_unit, shapes.scaled(torus, 1.1)), chamfer(run.mesh_unit, turned)
-    print(f"measured: volsdf-dtu torus Chamfer {run.report.chamfer:.4f} (level 0); 1.1x {to_larger:.4f}, turned {to_turned:.4f}")
+    print(f"measured: volsdf-dtu ({precision}) torus Chamfer {run.report.chamfer:.4f} (level 0); 1.1x {to_larger:.4f}, turned {to_turned:.4f}")
     assert run.report.chamfer < CHAMFER_LEVEL_ZERO, run.report
     assert to_larger > CHAMFER_LEVEL_ZERO and to_turned > CHAMFER_LEVEL_ZERO
 
@@ -475,7 +476,7 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
         density_surface = extract_level_set(model.level_set, [-1.02] * 3, [1.02] * 3, 128, level=beta)
     to_truth = chamfer(density_surface, torus)
     to_smaller, to_larger = (chamfer(density_surface, shapes.scaled(torus, factor)) for factor in (0.9, 1.1))
-    print(f"measured: volsdf-dtu torus Chamfer {to_truth:.4f} (level beta, beta {beta:.4f}); 0.9x {to_smaller:.4f}, 1.1x {to_larger:.4f}")
+    print(f"measured: volsdf-dtu ({precision}) torus Chamfer {to_truth:.4f} (level beta, beta {beta:.4f}); 0.9x {to_smaller:.4f}, 1.1x {to_larger:.4f}")
     assert to_truth < CHAMFER_LEVEL_BETA
     assert to_smaller > CHAMFER_LEVEL_BETA and to_larger > CHAMFER_LEVEL_BETA
 

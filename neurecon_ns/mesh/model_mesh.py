@@ -176,7 +176,7 @@ def bake_texture(
     padding_px: Optional[int] = None,
     camera_centers: Optional[Float[np.ndarray, "num_cameras 3"]] = None,
     views: Optional["TrainingViews"] = None,
-    max_views: int = 4,
+    max_views: Optional[int] = 4,
     use_masks: bool = True,
     depth_tolerance: float = 0.01,
     from_photographs: bool = False,
@@ -185,7 +185,8 @@ def bake_texture(
     point under each texel baked into a `texture_size`^2 texture whose gutters are filled.
 
     The colour is, with `views` (the training cameras), the average over the views that see the point
-    (`select_views`: at most `max_views` of them, those where it covers the most pixels; `view_averaged_colors`),
+    (`select_views`: at most `max_views` of them, those where it covers the most pixels, every one with None;
+    `view_averaged_colors`),
     the views chosen per face (at its centroid) and shared by the face's texels; with `from_photographs` too, the
     same average of the photographs' colours where the point projects (`photograph_averaged_colors`);
     otherwise, with `camera_centers`, the colour seen from the camera that faces the point most squarely; otherwise
@@ -203,6 +204,7 @@ def bake_texture(
     texture = np.zeros((texture_size, texture_size, 3), dtype=np.uint8)
     with progress_bar(progress) as bar:
         if views is not None and len(views.intrinsics) > 0:
+            max_views = len(views.intrinsics) if max_views is None else min(max_views, len(views.intrinsics))
             task = bar.add_task("finding the views that see each texel", total=len(views.intrinsics))
             # per face: a face of a mesh simplified to 100k faces covers about a pixel of a DTU view, so its
             # centroid decides visibility at the views' resolution, at a thirtieth of the texels' cost
@@ -406,6 +408,12 @@ def photograph_averaged_colors(
 
     if views.image_paths is None:
         raise ValueError("photograph_averaged_colors needs the views' image paths")
+    for path in views.image_paths:
+        if not Path(path).is_file():
+            raise UserInputError(
+                f"{path}: this training photograph is missing, so the texture cannot be taken from the photographs; "
+                "put the data back where the run was trained from, or bake the radiance field's colour with --texture-color views."
+            )
     points = torch.as_tensor(np.asarray(points_unit), dtype=torch.float32)
     rows = torch.arange(len(points)) if selection_rows is None else selection_rows.cpu()
     color_sum = torch.zeros(len(points), 3)

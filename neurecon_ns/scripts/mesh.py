@@ -60,10 +60,10 @@ class Mesh:
     """Unwrap the mesh into a UV atlas and bake the radiance field's colour into a texture: writes <stem>.obj, .mtl, .png and .glb."""
     texture_size: int = 2048
     """Side of the square texture, in texels."""
-    texture_color: Literal["views", "photos", "normal"] = "views"
-    """Colour baked into the texture: "views", the radiance field's colour averaged over the training views that see the surface point (inside their masks, occlusion tested), weighted by the pixels the point covers in each; "photos", the training photographs' colours averaged over the same views (points near a silhouette in a view are not taken from it); "normal", the colour seen head-on along the surface normal (also where no view sees a point)."""
-    texture_views: int = 4
-    """With --texture-color views or photos: the most views averaged per texel (those in which the point covers the most pixels); with views, each adds one radiance-network query per texel."""
+    texture_color: Literal["photos", "views", "normal"] = "photos"
+    """Colour baked into the texture: "photos", the training photographs' colours where the surface point projects, averaged over the training views that see it (inside their masks, occlusion tested, away from its silhouettes in that view), weighted by the pixels the point covers in each: the single colour closest to the photographs; "views", the radiance field's colour averaged the same way (one network query per texel and view); "normal", the radiance field's colour seen head-on along the surface normal (also where no view sees a point)."""
+    texture_views: Optional[int] = None
+    """The most views averaged per texel, those in which the point covers the most pixels; default: every view that sees it with --texture-color photos, 4 with views."""
     level: float = 0.0
     """Level of the level-set function to extract (0 is the surface)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -125,12 +125,13 @@ class Mesh:
             views = training_views(outputs) if self.texture_color in ("views", "photos") else None
             mesh = bake_texture(
                 model, mesh, self.texture_size, self.chunk_size // 2, self.progress, views=views,
-                max_views=self.texture_views, from_photographs=self.texture_color == "photos",
+                max_views=self.max_texture_views(), from_photographs=self.texture_color == "photos",
             )
             if views is not None:
-                source = "the photographs' colour" if self.texture_color == "photos" else "colour"
+                source = "the photographs' colour" if self.texture_color == "photos" else "the radiance field's colour"
+                most = "" if self.max_texture_views() is None else f"at most {self.max_texture_views()} of "
                 console.print(
-                    f"  texture: {source} averaged over up to {self.texture_views} of {len(views.intrinsics)} training views; "
+                    f"  texture: {source} averaged over {most}the training views that see each point ({len(views.intrinsics)} views); "
                     f"{100 * mesh.metadata['texels_seen_fraction']:.1f}% of the texels seen by a view, the rest head-on"
                 )
         elif self.vertex_colors:
@@ -148,13 +149,19 @@ class Mesh:
             f"than dense {self.resolution}^3) in {stats.seconds:.1f} s on {run.config.machine.device_type}"
         )
 
+    def max_texture_views(self) -> Optional[int]:
+        """`--texture-views`, or its default for the colour: every view for the photographs, 4 network queries."""
+        if self.texture_views is not None:
+            return self.texture_views
+        return None if self.texture_color == "photos" else 4
+
     def check_cleanup_options(self) -> None:
         """The simplification, cleanup and texture options, checked before the run is loaded."""
         if self.texture:
             check_textured_path(self.output_path)
             if self.texture_size < 64:
                 raise UserInputError(f"--texture-size {self.texture_size}: give at least 64 texels per side.")
-            if self.texture_views < 1:
+            if self.texture_views is not None and self.texture_views < 1:
                 raise UserInputError(f"--texture-views {self.texture_views}: give at least 1 view per texel.")
         if self.target_faces is not None and self.target_faces < 4:
             raise UserInputError(f"--target-faces {self.target_faces}: give at least 4 faces.")
