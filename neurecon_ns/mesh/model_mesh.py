@@ -288,7 +288,7 @@ def select_views(
     point's own surface. The views are visited one at a time, so memory holds one depth buffer and the
     `max_views` slots per point.
     """
-    from neurecon_ns.render.rasterize import PinholeCamera, project_to_pixels, rasterize
+    from neurecon_ns.render.rasterize import project_to_pixels, rasterize
 
     vertices = torch.as_tensor(np.asarray(mesh_unit.vertices), dtype=torch.float64, device=device)
     faces = torch.as_tensor(np.asarray(mesh_unit.faces), dtype=torch.long, device=device)
@@ -298,14 +298,9 @@ def select_views(
     num_points = len(points_tensor)
     view_index = torch.full((num_points, max_views), -1, dtype=torch.long, device=device)
     weight = torch.zeros((num_points, max_views), dtype=torch.float32, device=device)
-    c2w_opengl = flip_camera_axes(views.c2w_opencv)
     for index in range(len(views.intrinsics)):
-        intrinsics = views.intrinsics[index]
-        width, height = (int(size) for size in views.image_sizes[index])
-        camera = PinholeCamera(
-            camera_to_world=c2w_opengl[index], fx=float(intrinsics[0, 0]), fy=float(intrinsics[1, 1]),
-            cx=float(intrinsics[0, 2]), cy=float(intrinsics[1, 2]), width=width, height=height,
-        )
+        camera = views.camera(index)
+        width, height = camera.width, camera.height
         fragments = rasterize(vertices, faces, camera)
         depth_buffer = fragments.depth.reshape(-1).float()
         face_buffer = fragments.face_index.reshape(-1)
@@ -314,7 +309,7 @@ def select_views(
         if use_masks and views.mask_paths is not None:
             with Image.open(views.mask_paths[index]) as image:
                 mask = torch.as_tensor(np.asarray(image.convert("L")) > 127, device=device).reshape(-1)
-        center = torch.as_tensor(c2w_opengl[index, :3, 3], dtype=torch.float32, device=device)
+        center = torch.as_tensor(views.c2w_opencv[index, :3, 3], dtype=torch.float32, device=device)
         for start in range(0, num_points, chunk_size):
             chunk = slice(start, start + chunk_size)
             chunk_points = points_tensor[chunk]
@@ -404,7 +399,7 @@ def photograph_averaged_colors(
     sharper than the radiance network where the surface is accurate, misregistered where it is not.
     `selection_rows` as in `view_averaged_colors`. The views are visited one at a time (one photograph in memory)."""
     from neurecon_ns.mesh.texture import sample_texture
-    from neurecon_ns.render.rasterize import PinholeCamera, project_to_pixels
+    from neurecon_ns.render.rasterize import project_to_pixels
 
     if views.image_paths is None:
         raise ValueError("photograph_averaged_colors needs the views' image paths")
@@ -418,14 +413,9 @@ def photograph_averaged_colors(
     rows = torch.arange(len(points)) if selection_rows is None else selection_rows.cpu()
     color_sum = torch.zeros(len(points), 3)
     weight_sum = torch.zeros(len(points))
-    c2w_opengl = flip_camera_axes(views.c2w_opencv)
     for index in range(len(views.intrinsics)):
-        intrinsics = views.intrinsics[index]
-        width, height = (int(size) for size in views.image_sizes[index])
-        camera = PinholeCamera(
-            camera_to_world=c2w_opengl[index], fx=float(intrinsics[0, 0]), fy=float(intrinsics[1, 1]),
-            cx=float(intrinsics[0, 2]), cy=float(intrinsics[1, 2]), width=width, height=height,
-        )
+        camera = views.camera(index)
+        width, height = camera.width, camera.height
         with Image.open(views.image_paths[index]) as image:
             photograph = torch.as_tensor(np.array(image.convert("RGB")), dtype=torch.float32) / 255.0
         for start in range(0, len(points), chunk_size):
@@ -461,6 +451,17 @@ class TrainingViews:
     """Foreground masks, one per view, when the data has them."""
     image_paths: Optional[List[Path]] = None
     """The photographs, one per view."""
+
+    def camera(self, index: int):
+        """View `index` as the rasteriser's `PinholeCamera` (OpenGL axes)."""
+        from neurecon_ns.render.rasterize import PinholeCamera
+
+        intrinsics = self.intrinsics[index]
+        width, height = (int(size) for size in self.image_sizes[index])
+        return PinholeCamera(
+            camera_to_world=flip_camera_axes(self.c2w_opencv[index]), fx=float(intrinsics[0, 0]),
+            fy=float(intrinsics[1, 1]), cx=float(intrinsics[0, 2]), cy=float(intrinsics[1, 2]), width=width, height=height,
+        )
 
     def load_masks(self) -> List[np.ndarray]:
         assert self.mask_paths is not None
