@@ -9,6 +9,7 @@ matches one message from one module, so the same warning from any other code sti
 | `nerfstudio.cameras.cameras` | non-tuple sequence for multidimensional indexing | nerfstudio's camera indexing, on every ray batch; still correct in torch 2.x |
 | `nerfstudio.field_components.activations` | `torch.cuda.amp.custom_fwd/custom_bwd` deprecated | nerfstudio's import, no effect on the plugin |
 | `nerfstudio.engine.trainer` | `torch.cuda.amp.GradScaler` deprecated | nerfstudio builds its scaler this way; disabled on a CPU |
+| `torch.cuda.amp.grad_scaler` | "GradScaler is enabled, but CUDA is not available. Disabling." | nerfstudio enables its scaler from the config's `mixed_precision` (on in `neus-fast`) before it turns mixed precision off on a CPU; the scaler then disables itself |
 | `torch.utils.data.dataloader` | "This DataLoader will create N worker processes" | nerfstudio caches the images with 4 workers per process, which only load them once |
 | `torch.jit._script` | `torch.jit.script` deprecated | nerfstudio's camera utilities at import |
 
@@ -26,6 +27,7 @@ UPSTREAM_WARNINGS = (
     (UserWarning, r"Using a non-tuple sequence for multidimensional indexing is deprecated", r"nerfstudio\.cameras\.cameras"),
     (FutureWarning, r"`torch\.cuda\.amp\.custom_(fwd|bwd)\(args\.\.\.\)` is deprecated", r"nerfstudio\.field_components\.activations"),
     (FutureWarning, r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", r"nerfstudio\.engine\.trainer"),
+    (UserWarning, r"torch\.cuda\.amp\.GradScaler is enabled, but CUDA is not available", r"torch\.(cuda\.)?amp\.grad_scaler"),
     (UserWarning, r"This DataLoader will create \d+ worker processes in total", r"torch\.utils\.data\.dataloader"),
     (FutureWarning, r"`torch\.jit\.script` is deprecated", r"torch\.jit\._script"),
 )

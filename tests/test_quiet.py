@@ -24,6 +24,7 @@ UPSTREAM_EXAMPLES = [
     (UserWarning, "Using a non-tuple sequence for multidimensional indexing is deprecated and will be changed", "nerfstudio.cameras.cameras"),
     (FutureWarning, "`torch.cuda.amp.custom_bwd(args...)` is deprecated.", "nerfstudio.field_components.activations"),
     (FutureWarning, "`torch.cuda.amp.GradScaler(args...)` is deprecated.", "nerfstudio.engine.trainer"),
+    (UserWarning, "torch.cuda.amp.GradScaler is enabled, but CUDA is not available.  Disabling.", "torch.cuda.amp.grad_scaler"),
     (UserWarning, "This DataLoader will create 8 worker processes in total.", "torch.utils.data.dataloader"),
     (FutureWarning, "`torch.jit.script` is deprecated. Please switch to `torch.compile`", "torch.jit._script"),
 ]
@@ -40,6 +41,18 @@ def test_filters_match_only_the_listed_module():
             warnings.warn_explicit(message, category, "upstream.py", 1, module=module)
             warnings.warn_explicit(message, category, "plugin.py", 1, module="neurecon_ns.models.surface_model")
     assert [w.filename for w in caught] == ["plugin.py"] * len(UPSTREAM_EXAMPLES)
+
+
+def test_a_grad_scaler_made_on_a_cpu_is_quiet():
+    """nerfstudio makes an enabled scaler for `neus-fast` (mixed precision) on a CPU too; torch then warns."""
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        install_warning_filters()
+        torch.cuda.amp.GradScaler(enabled=not torch.cuda.is_available())
+    assert [str(w.message) for w in caught if "CUDA is not available" in str(w.message)] == []
 
 
 def test_neurecon_demo_shows_progress_and_no_warnings(tmp_path):
