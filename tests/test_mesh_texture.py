@@ -410,3 +410,31 @@ def test_mesh_command_texture_with_cleanup_on_a_trained_run(tiny_neus_run, tmp_p
         Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.ply", target_faces=2).main()
     with pytest.raises(UserInputError, match="--min-component-fraction 2: give a fraction between 0 and 1"):
         Mesh(load_config=tiny_neus_run, output_path=tmp_path / "run.ply", min_component_fraction=2.0).main()
+
+
+def test_projection_with_lens_distortion_inverts_nerfstudios_rays():
+    """A point projected through a distorted camera lands on the pixel whose nerfstudio ray passes through it, so
+    the texture samples a photograph of a capture with lens distortion (COLMAP's OPENCV model) where it shows the point."""
+    from nerfstudio.cameras.cameras import Cameras, CameraType
+
+    from neurecon_ns.render.rasterize import project_to_pixels
+
+    params = torch.tensor([[-0.12, 0.05, 0.01, 0.0, 0.002, -0.001]])
+    intrinsics = dict(fx=300.0, fy=310.0, cx=160.0, cy=120.0, width=320, height=240)
+    cameras = Cameras(camera_to_worlds=torch.eye(4)[None, :3], distortion_params=params, camera_type=CameraType.PERSPECTIVE, **intrinsics)
+    generator = torch.Generator().manual_seed(0)
+    # points in front of the camera (it looks along -z) out to the image's corners
+    points = torch.cat([(torch.rand(200, 2, generator=generator) - 0.5) * torch.tensor([1.0, 0.75]) * 2.0, -torch.ones(200, 1)], dim=-1)
+    points = points * (1.0 + 2.0 * torch.rand(200, 1, generator=generator))
+    distorted = PinholeCamera(camera_to_world=np.eye(4), distortion=params[0].numpy(), **intrinsics)
+    pinhole = PinholeCamera(camera_to_world=np.eye(4), **intrinsics)
+    for camera, expect_on_ray in ((distorted, True), (pinhole, False)):
+        pixels, _ = project_to_pixels(points.double(), camera)
+        rays = cameras.generate_rays(camera_indices=torch.zeros(len(points), 1, dtype=torch.long), coords=pixels.flip(-1).float())
+        to_points = torch.nn.functional.normalize(points - rays.origins, dim=-1)
+        directions = rays.directions.double()
+        angle = torch.atan2(torch.linalg.cross(directions, to_points.double()).norm(dim=-1), (directions * to_points).sum(dim=-1))
+        if expect_on_ray:
+            assert angle.max() < 1e-5, angle.max()
+        else:
+            assert angle.max() > 0.02, "the distortion moves the corners' pixels"

@@ -451,6 +451,8 @@ class TrainingViews:
     """Foreground masks, one per view, when the data has them."""
     image_paths: Optional[List[Path]] = None
     """The photographs, one per view."""
+    distortion: Optional[np.ndarray] = None
+    """`[num_views, 6]` lens distortion in nerfstudio's `[k1, k2, k3, k4, p1, p2]`, where any view has some."""
 
     def camera(self, index: int):
         """View `index` as the rasteriser's `PinholeCamera` (OpenGL axes)."""
@@ -461,6 +463,7 @@ class TrainingViews:
         return PinholeCamera(
             camera_to_world=flip_camera_axes(self.c2w_opencv[index]), fx=float(intrinsics[0, 0]),
             fy=float(intrinsics[1, 1]), cx=float(intrinsics[0, 2]), cy=float(intrinsics[1, 2]), width=width, height=height,
+            distortion=None if self.distortion is None else self.distortion[index],
         )
 
     def load_masks(self) -> List[np.ndarray]:
@@ -492,7 +495,17 @@ def training_views(dataparser_outputs) -> TrainingViews:
         image_sizes=sizes.astype(np.int64),
         mask_paths=[Path(p) for p in mask_paths] if mask_paths else None,
         image_paths=[Path(p) for p in dataparser_outputs.image_filenames],
+        distortion=lens_distortion(cameras),
     )
+
+
+def lens_distortion(cameras) -> Optional[np.ndarray]:
+    """nerfstudio cameras' `distortion_params` as `[num_views, 6]`, or None where every view is a pinhole."""
+    params = cameras.distortion_params
+    if params is None:
+        return None
+    params = params.detach().cpu().numpy().reshape(len(cameras), -1)
+    return params.astype(np.float64) if np.any(params != 0) else None
 
 
 def cull_to_training_views(

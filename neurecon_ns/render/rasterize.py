@@ -38,6 +38,9 @@ class PinholeCamera:
     cy: float
     width: int
     height: int
+    distortion: Optional[np.ndarray] = None
+    """Lens distortion as nerfstudio's `Cameras.distortion_params` `[k1, k2, k3, k4, p1, p2]`, applied by
+    `project_to_pixels` (and so by `rasterize`, per vertex); None for a pinhole."""
 
     @classmethod
     def from_cameras(cls, cameras, index: int = 0) -> "PinholeCamera":
@@ -59,6 +62,8 @@ class PinholeCamera:
 
         `d ~ R ((j + 0.5 - cx) / fx, -(i + 0.5 - cy) / fy, -1)`, `o = t`.
         """
+        if self.distortion is not None:
+            raise ValueError("pixel_rays gives a pinhole camera's rays; this camera has lens distortion")
         rows, columns = np.meshgrid(np.arange(self.height) + 0.5, np.arange(self.width) + 0.5, indexing="ij")
         directions_camera = np.stack(
             [(columns - self.cx) / self.fx, -(rows - self.cy) / self.fy, -np.ones_like(rows)], axis=-1
@@ -89,14 +94,36 @@ def project_to_pixels(
 ) -> Tuple[Float[Tensor, "num_points 2"], Float[Tensor, " num_points"]]:
     """Continuous pixel coordinates `(u, v)` (column, row; pixel centres at `k + 0.5`) and depth of world points.
 
-    `x_cam = R^T (x - t)`, `depth = -z_cam`, `u = cx + fx x_cam / depth`, `v = cy - fy y_cam / depth`.
+    `x_cam = R^T (x - t)`, `depth = -z_cam`, `(x, y) = (x_cam, -y_cam) / depth` (OpenCV's image plane, y down),
+    distorted by `camera.distortion` where it is set (`distort`), then `u = cx + fx x`, `v = cy + fy y`.
     """
     c2w = torch.as_tensor(camera.camera_to_world, dtype=points_world.dtype, device=points_world.device)
     points_camera = (points_world - c2w[:3, 3]) @ c2w[:3, :3]
     depth = -points_camera[:, 2]
-    u = camera.cx + camera.fx * points_camera[:, 0] / depth
-    v = camera.cy - camera.fy * points_camera[:, 1] / depth
+    image_plane = torch.stack([points_camera[:, 0], -points_camera[:, 1]], dim=-1) / depth[:, None]
+    if camera.distortion is not None:
+        image_plane = distort(image_plane, torch.as_tensor(camera.distortion, dtype=image_plane.dtype, device=image_plane.device))
+    u = camera.cx + camera.fx * image_plane[:, 0]
+    v = camera.cy + camera.fy * image_plane[:, 1]
     return torch.stack([u, v], dim=-1), depth
+
+
+def distort(image_plane: Float[Tensor, "num_points 2"], params: Float[Tensor, "6"]) -> Float[Tensor, "num_points 2"]:
+    """Brown-Conrady radial and tangential distortion of points `(x, y)` on OpenCV's image plane (y down), with
+    nerfstudio's parameters `[k1, k2, k3, k4, p1, p2]`: the map whose inverse nerfstudio applies to pixel
+    coordinates when it makes rays (`camera_utils.radial_and_tangential_undistort`).
+
+    `r = x^2 + y^2`, `d = 1 + k1 r + k2 r^2 + k3 r^3 + k4 r^4`,
+    `x' = d x + 2 p1 x y + p2 (r + 2 x^2)`, `y' = d y + 2 p2 x y + p1 (r + 2 y^2)`.
+    """
+    k1, k2, k3, k4, p1, p2 = params.unbind()
+    x, y = image_plane[:, 0], image_plane[:, 1]
+    r = x * x + y * y
+    radial = 1.0 + r * (k1 + r * (k2 + r * (k3 + r * k4)))
+    return torch.stack(
+        [radial * x + 2.0 * p1 * x * y + p2 * (r + 2.0 * x * x), radial * y + 2.0 * p2 * x * y + p1 * (r + 2.0 * y * y)],
+        dim=-1,
+    )
 
 
 def edge_function(
