@@ -181,8 +181,8 @@ def bake_texture(
     depth_tolerance: float = 0.01,
     from_photographs: bool = False,
 ) -> trimesh.Trimesh:
-    """The mesh (training space) unwrapped into a UV atlas, with the radiance network's colour of the surface
-    point under each texel baked into a `texture_size`^2 texture whose gutters are filled.
+    """The mesh (training space) unwrapped into a UV atlas, with the colour of the surface point under each texel
+    (the radiance network's, or the photographs') baked into a `texture_size`^2 texture whose gutters are filled.
 
     The colour is, with `views` (the training cameras), the average over the views that see the point
     (`select_views`: at most `max_views` of them, those where it covers the most pixels, every one with None;
@@ -401,14 +401,7 @@ def photograph_averaged_colors(
     from neurecon_ns.mesh.texture import sample_texture
     from neurecon_ns.render.rasterize import project_to_pixels
 
-    if views.image_paths is None:
-        raise ValueError("photograph_averaged_colors needs the views' image paths")
-    for path in views.image_paths:
-        if not Path(path).is_file():
-            raise UserInputError(
-                f"{path}: this training photograph is missing, so the texture cannot be taken from the photographs; "
-                "put the data back where the run was trained from, or bake the radiance field's colour with --texture-color views."
-            )
+    views.check_photographs()
     points = torch.as_tensor(np.asarray(points_unit), dtype=torch.float32)
     rows = torch.arange(len(points)) if selection_rows is None else selection_rows.cpu()
     color_sum = torch.zeros(len(points), 3)
@@ -465,6 +458,17 @@ class TrainingViews:
             fy=float(intrinsics[1, 1]), cx=float(intrinsics[0, 2]), cy=float(intrinsics[1, 2]), width=width, height=height,
             distortion=None if self.distortion is None else self.distortion[index],
         )
+
+    def check_photographs(self) -> None:
+        """One sentence naming the first photograph that is not where the run was trained from."""
+        if self.image_paths is None:
+            raise ValueError("these training views carry no image paths")
+        for path in self.image_paths:
+            if not Path(path).is_file():
+                raise UserInputError(
+                    f"{path}: this training photograph is missing, so the texture cannot be taken from the photographs; "
+                    "put the data back where the run was trained from, or bake the radiance field's colour with --texture-color views."
+                )
 
     def load_masks(self) -> List[np.ndarray]:
         assert self.mask_paths is not None

@@ -57,7 +57,7 @@ class Mesh:
     target_faces: Optional[int] = None
     """Simplify to about this many faces by quadric decimation (after the cleanup, before colours and texture)."""
     texture: bool = False
-    """Unwrap the mesh into a UV atlas and bake the radiance field's colour into a texture: writes <stem>.obj, .mtl, .png and .glb."""
+    """Unwrap the mesh into a UV atlas and bake the surface's colour (--texture-color) into a texture: writes <stem>.obj, .mtl, .png and .glb."""
     texture_size: int = 2048
     """Side of the square texture, in texels."""
     texture_color: Literal["photos", "views", "normal"] = "photos"
@@ -92,6 +92,8 @@ class Mesh:
         run = load_run(self.load_config, device=self.device)
         model = run.model
         outputs = run.pipeline.datamanager.train_dataparser_outputs
+        if self.texture and self.texture_color == "photos":
+            training_views(outputs).check_photographs()  # before minutes of extraction
         bbox_min, bbox_max = self.bbox_min, self.bbox_max
         if bbox_min is None and self.region == "scene-box":
             aabb = outputs.scene_box.aabb.detach().cpu().numpy().astype(np.float64)
