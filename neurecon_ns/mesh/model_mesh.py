@@ -404,6 +404,7 @@ def photograph_averaged_colors(
     views.check_photographs()
     points = torch.as_tensor(np.asarray(points_unit), dtype=torch.float32)
     rows = torch.arange(len(points)) if selection_rows is None else selection_rows.cpu()
+    view_index, view_weight = selection.view_index.cpu(), selection.weight.cpu()
     color_sum = torch.zeros(len(points), 3)
     weight_sum = torch.zeros(len(points))
     for index in range(len(views.intrinsics)):
@@ -411,12 +412,10 @@ def photograph_averaged_colors(
         width, height = camera.width, camera.height
         with Image.open(views.image_paths[index]) as image:
             photograph = torch.as_tensor(np.array(image.convert("RGB")), dtype=torch.float32) / 255.0
+        # each selection row's weight for this view (the slot that holds the view, 0 if none does), read per point
+        row_weight = torch.where(view_index == index, view_weight, 0.0).sum(dim=1)
         for start in range(0, len(points), chunk_size):
-            chunk_rows = rows[start : start + chunk_size]
-            # the point's weight for this view: the slot of `selection` that holds the view, 0 if none does
-            chunk_weight = torch.where(
-                selection.view_index[chunk_rows].cpu() == index, selection.weight[chunk_rows].cpu(), 0.0
-            ).sum(dim=1)
+            chunk_weight = row_weight[rows[start : start + chunk_size]]
             seen = torch.nonzero(chunk_weight > 0)[:, 0]
             if len(seen) == 0:
                 continue
