@@ -179,9 +179,9 @@ def run_bake(args) -> None:
                         model, pixel_points, selection, camera_centers, selection_rows=pixel_faces
                     )
                 else:
-                    baked, seen = photograph_averaged_colors(pixel_points, selection, views, pixel_faces)
-                    baked[~seen] = surface_colors(model, pixel_points[~seen])
-                    images["baked_view"][covered] = baked
+                    images["baked_view"][covered], _ = photograph_averaged_colors(
+                        pixel_points, selection, views, pixel_faces, model=model
+                    )
             else:
                 centers = camera_centers if colour == "nearest" else None
                 images["baked_view"][covered] = surface_colors(model, pixel_points, camera_centers=centers)

@@ -215,11 +215,10 @@ def bake_texture(
             )
             if from_photographs:
                 task = bar.add_task(f"baking {texture_size}x{texture_size} texture from the photographs", total=len(views.intrinsics))
-                colors, seen = photograph_averaged_colors(
-                    points, selection, views, texel_faces, on_view=lambda: bar.advance(task)
+                colors, _ = photograph_averaged_colors(
+                    points, selection, views, texel_faces, on_view=lambda: bar.advance(task), model=model,
+                    query_chunk_size=chunk_size,
                 )
-                unseen = np.flatnonzero(~seen)
-                colors[unseen] = surface_colors(model, points[unseen], None, chunk_size)
             else:
                 task = bar.add_task(f"baking {texture_size}x{texture_size} texture from {max_views} views", total=len(points))
                 colors = view_averaged_colors(
@@ -392,10 +391,13 @@ def photograph_averaged_colors(
     selection_rows: Optional[Int[Tensor, " num_points"]] = None,
     chunk_size: int = 2**20,
     on_view=None,
+    model=None,
+    query_chunk_size: int = 2**15,
 ) -> Tuple[Float[np.ndarray, "num_points 3"], Bool[np.ndarray, " num_points"]]:
     """RGB in [0, 1]: `sum_k w_k I_k(p_k(x)) / sum_k w_k` over the views `k` of `selection`, `I_k` view `k`'s
-    photograph sampled bilinearly where the point `x` projects (`p_k`), and whether some view sees the point (the
-    colour of a point that none sees is left 0). The photographs' own colours, as photogrammetry textures a mesh:
+    photograph sampled bilinearly where the point `x` projects (`p_k`), and whether some view sees the point (a
+    point that none sees takes `model`'s head-on colour, `surface_colors` in chunks of `query_chunk_size`, or is
+    left 0 without a model). The photographs' own colours, as photogrammetry textures a mesh:
     sharper than the radiance network where the surface is accurate, misregistered where it is not.
     `selection_rows` as in `view_averaged_colors`. The views are visited one at a time (one photograph in memory)."""
     from neurecon_ns.mesh.texture import sample_texture
@@ -427,8 +429,11 @@ def photograph_averaged_colors(
         if on_view is not None:
             on_view()
     seen = weight_sum > 0
-    colors = torch.where(seen[:, None], color_sum / weight_sum.clamp(min=1e-20)[:, None], 0.0)
-    return colors.numpy(), seen.numpy()
+    colors = torch.where(seen[:, None], color_sum / weight_sum.clamp(min=1e-20)[:, None], 0.0).numpy()
+    if model is not None and not bool(seen.all()):
+        unseen = np.flatnonzero(~seen.numpy())
+        colors[unseen] = surface_colors(model, np.asarray(points_unit)[unseen], None, query_chunk_size)
+    return colors, seen.numpy()
 
 
 @dataclass
