@@ -201,15 +201,26 @@ def test_curvature_loss_smooths_a_noisy_field():
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
 
 
-@pytest.mark.parametrize("gradient, curvature_num_rays, rays_read", [("numerical", 16, 64), ("analytic", 16, 16), ("analytic", 0, 64)])
+@pytest.mark.parametrize(
+    "gradient, curvature_points, curvature_num_rays, points_read",
+    [
+        ("numerical", "ray_samples", 16, "all samples"),
+        ("analytic", "ray_samples", 16, "16 rays' samples"),
+        ("analytic", "ray_samples", 0, "all samples"),
+        ("analytic", "surface", 0, "2 per ray"),
+        ("numerical", "surface", 0, "2 per ray"),
+    ],
+)
 def test_training_with_the_curvature_loss_gives_a_finite_loss_that_follows_its_schedule(
-    gradient, curvature_num_rays, rays_read, small_scene, tmp_path
+    gradient, curvature_points, curvature_num_rays, points_read, small_scene, tmp_path
 ):
     """A few steps of neus-fast's CPU size with the loss on: the grid trains, the loss is finite and weighted as
-    scheduled, and the analytic gradient reads `curvature_num_rays` rays (numerical gradients read all, for free)."""
+    scheduled, and the loss reads the points its settings name: `curvature_num_rays` rays' samples with the analytic
+    gradient (numerical gradients read all, for free), or each ray's two samples of highest rendering weight."""
     config = small_cpu_config(method_config("neus-fast"), small_scene.output_dir, tmp_path, 40, rays_per_batch=64)
     model_config = config.pipeline.model
     model_config.networks.gradient = gradient
+    model_config.curvature_points = curvature_points
     model_config.curvature_num_rays = curvature_num_rays
     model_config.curvature_loss_weight = 1e-2
     model_config.curvature_warmup_steps = 4
@@ -230,7 +241,22 @@ def test_training_with_the_curvature_loss_gives_a_finite_loss_that_follows_its_s
         callback.run_callback_at_location(6, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
     ray_bundle, batch = trainer.pipeline.datamanager.next_train(6)
     outputs = model(ray_bundle)
-    assert outputs["laplacians"].shape[0] == rays_read * outputs["eikonal_points"].shape[0] // 64
+    num_samples = outputs["eikonal_points"].shape[0]
+    expected_points = {"all samples": num_samples, "16 rays' samples": 16 * num_samples // 64, "2 per ray": 2 * 64}
+    assert outputs["laplacians"].shape == (expected_points[points_read], 1)
+    assert outputs["curvature_points"].shape == (expected_points[points_read], 3)
+    if curvature_points == "surface":
+        # each ray's chosen samples are its two heaviest, and they count with their rendering weights
+        weights = outputs["weights"].detach()[..., 0]
+        heaviest = weights.topk(2, dim=-1).values.reshape(-1)
+        assert torch.allclose(outputs["curvature_weights"], heaviest)
+        points = outputs["eikonal_points"].reshape(64, -1, 3)
+        first_ray_heaviest = points[0, weights[0].argmax()]
+        assert torch.allclose(outputs["curvature_points"][0], first_ray_heaviest)
+        expected_laplacian = model.field.get_laplacian(outputs["curvature_points"][:4].detach(), create_graph=False)
+        assert torch.allclose(outputs["laplacians"][:4].detach(), expected_laplacian, rtol=1e-3, atol=1e-2)
+    else:
+        assert torch.all(outputs["curvature_weights"] == 1.0)
     metrics = model.get_metrics_dict(outputs, batch)
     loss_dict = model.get_loss_dict(outputs, batch, metrics)
     curvature = loss_dict["curvature_loss"]

@@ -78,9 +78,10 @@ def curvature_loss_weight_at(
     return weight * ramp * difference_step / initial_difference_step
 
 
-def mean_absolute_laplacian(laplacian: Float[Tensor, "num_points 1"], inside: Float[Tensor, " num_points"]) -> Float[Tensor, ""]:
-    """Neuralangelo's curvature loss: the mean of `|Laplacian f|` over the points marked `inside` (1 or 0)."""
-    return (laplacian[..., 0].abs() * inside).sum() / (inside.sum() + 1e-5)
+def mean_absolute_laplacian(laplacian: Float[Tensor, "num_points 1"], weights: Float[Tensor, " num_points"]) -> Float[Tensor, ""]:
+    """Neuralangelo's curvature loss: the mean of `|Laplacian f|` over the points, each counted with its weight
+    (1 or 0 to mark the points read, or a rendering weight)."""
+    return (laplacian[..., 0].abs() * weights).sum() / (weights.sum() + 1e-5)
 
 
 @dataclass
@@ -120,10 +121,18 @@ class SurfaceModelConfig(ModelConfig):
     (Neuralangelo), at the end of its warm-up; 0 disables it. The Laplacian comes from second differences at the
     numerical gradient's step (`networks.gradient`: free with "numerical"; with "analytic", seven level queries
     per sample, the point and its six neighbours in float32)."""
+    curvature_points: Literal["ray_samples", "surface"] = "ray_samples"
+    """Where the curvature loss reads the Laplacian. "ray_samples": every sample of the rays (`curvature_num_rays`
+    of them with the analytic gradient), as Neuralangelo does. "surface": on every ray of the batch its
+    `curvature_surface_samples` samples of highest rendering weight, each counted with that weight: the Laplacian
+    where the rendered surface lies, which on a level set with `|grad f| = 1` is twice its mean curvature, at
+    `7 * curvature_surface_samples` level queries per ray with the analytic gradient."""
     curvature_num_rays: int = 0
-    """With the analytic gradient, the curvature loss reads the samples of this many rays of each batch (the first
-    ones; rays are drawn at random), at seven level queries per sample; 0: every ray. With numerical gradients every
-    sample has its Laplacian at no extra cost, and all are read."""
+    """With the analytic gradient and "ray_samples", the curvature loss reads the samples of this many rays of each
+    batch (the first ones; rays are drawn at random), at seven level queries per sample; 0: every ray. With
+    numerical gradients every sample has its Laplacian at no extra cost, and all are read."""
+    curvature_surface_samples: int = 2
+    """Samples per ray the "surface" curvature points take (those of highest rendering weight)."""
     curvature_warmup_steps: int = 500
     """Steps over which the curvature weight grows linearly from 0 to `curvature_loss_weight`."""
     curvature_follows_levels: bool = True
@@ -314,9 +323,8 @@ class SurfaceModel(Model):
             outputs["gradients"] = field_outputs["gradient"].reshape(-1, 3)
             outputs["eikonal_points"] = points.reshape(-1, 3)
             outputs["weights"] = weights
-            if laplacian_rays > 0:
-                # the first rays' samples: the first rows of `eikonal_points`, whatever is appended below
-                outputs["laplacians"] = field_outputs["laplacian"].reshape(-1, 1)
+            if self.curvature_active():
+                outputs.update(self.curvature_samples(points, weights, field_outputs, laplacian_rays))
             if self.config.num_eikonal_uniform_points > 0:
                 uniform_points = self.uniform_points_in_sphere(self.config.num_eikonal_uniform_points)
                 _, _, uniform_gradients = self.field.get_level_value_and_gradient(uniform_points)
@@ -325,14 +333,46 @@ class SurfaceModel(Model):
         outputs.update(self.extra_outputs(ray_bundle, ray_samples, field_outputs, weights))
         return outputs
 
+    def curvature_active(self) -> bool:
+        return self.training and self.config.curvature_loss_weight > 0
+
     def curvature_rays(self, num_rays: int) -> int:
-        """How many of the batch's rays the curvature loss reads (0 outside training or with the loss off)."""
+        """How many of the batch's rays the field gives Laplacians for in the rendering pass (0 outside training,
+        with the loss off, or where the "surface" points are queried after the weights)."""
         config = self.config
-        if not self.training or config.curvature_loss_weight <= 0:
+        if not self.curvature_active():
             return 0
-        if config.networks.gradient == "numerical" or config.curvature_num_rays <= 0:
-            return num_rays
-        return min(config.curvature_num_rays, num_rays)
+        if config.networks.gradient == "numerical":
+            return num_rays  # free from the gradient's own seven values
+        if config.curvature_points == "surface":
+            return 0
+        return num_rays if config.curvature_num_rays <= 0 else min(config.curvature_num_rays, num_rays)
+
+    def curvature_samples(
+        self,
+        points: Float[Tensor, "num_rays num_samples 3"],
+        weights: Float[Tensor, "num_rays num_samples 1"],
+        field_outputs: Dict[str, Tensor],
+        laplacian_rays: int,
+    ) -> Dict[str, Tensor]:
+        """The points the curvature loss reads (`curvature_points`), their Laplacians and the weight each counts
+        with (see the config's `curvature_points`)."""
+        if self.config.curvature_points == "ray_samples":
+            laplacians = field_outputs["laplacian"].reshape(-1, 1)
+            chosen = points[:laplacian_rays].reshape(-1, 3)  # the first rays' samples
+            return {"laplacians": laplacians, "curvature_points": chosen, "curvature_weights": torch.ones_like(laplacians[:, 0])}
+        num_chosen = min(self.config.curvature_surface_samples, weights.shape[-2])
+        chosen_weights, chosen_index = weights.detach()[..., 0].topk(num_chosen, dim=-1)
+        chosen = torch.gather(points.detach(), -2, chosen_index[..., None].expand(-1, -1, 3)).reshape(-1, 3)
+        if laplacian_rays > 0:  # numerical gradients: every sample's Laplacian is at hand
+            laplacians = torch.gather(field_outputs["laplacian"].reshape(weights.shape), -2, chosen_index[..., None])
+        else:
+            laplacians = self.field.get_laplacian(chosen)
+        return {
+            "laplacians": laplacians.reshape(-1, 1),
+            "curvature_points": chosen,
+            "curvature_weights": chosen_weights.reshape(-1).to(torch.float32),
+        }
 
     def extra_outputs(
         self, ray_bundle: RayBundle, ray_samples: RaySamples, field_outputs: Dict[str, Tensor], weights: Tensor
@@ -401,11 +441,10 @@ class SurfaceModel(Model):
         return (error * inside).sum() / (inside.sum() + 1e-5)
 
     def curvature_loss(self, outputs: Dict[str, Tensor]) -> Tensor:
-        """`mean_absolute_laplacian` over the ray samples within `eikonal_radius`."""
+        """`mean_absolute_laplacian` over the curvature points within `eikonal_radius`, with their weights."""
         laplacians = outputs["laplacians"]
-        points = outputs["eikonal_points"][: laplacians.shape[0]]
-        inside = (points.norm(dim=-1) < self.config.eikonal_radius).to(laplacians.dtype)
-        return mean_absolute_laplacian(laplacians, inside)
+        inside = (outputs["curvature_points"].norm(dim=-1) < self.config.eikonal_radius).to(laplacians.dtype)
+        return mean_absolute_laplacian(laplacians, inside * outputs["curvature_weights"].to(laplacians.dtype))
 
     def curvature_loss_weight(self) -> Union[float, Tensor]:
         """`curvature_loss_weight_at` the current training step (see the config's `curvature_*` settings)."""
