@@ -80,10 +80,23 @@ def test_seen_faces_leave_out_the_hidden_side():
                            fx=100.0, fy=100.0, cx=32.0, cy=32.0, width=64, height=64)
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
     seen = seen_faces(sphere, [camera])
-    facing = sphere.triangles_center[:, 2] > 0.1
+    facing = sphere.triangles_center[:, 2] > 0.2  # nearer the limb (z = 0.5^2 / 3) the camera sees faces edge-on
     hidden = sphere.triangles_center[:, 2] < -0.1
     assert seen[facing].all()
     assert not seen[hidden].any()
+
+
+def test_a_face_seen_only_edge_on_is_not_seen():
+    """A box's +y face lies in a plane through the camera: its pixels are a line, which says nothing of where the
+    face lies along its normal; the face turned to the camera is seen."""
+    camera = PinholeCamera(camera_to_world=np.array([[1, 0, 0, 0], [0, 1, 0, 0.5], [0, 0, 1, 3.0], [0, 0, 0, 1]], dtype=float),
+                           fx=100.0, fy=100.0, cx=32.0, cy=32.0, width=64, height=64)
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    seen = seen_faces(box, [camera])
+    assert seen[box.face_normals[:, 2] > 0.99].all()
+    edge_on = box.face_normals[:, 1] > 0.99
+    assert not seen[edge_on].any()
+    assert seen_faces(box, [camera], min_facing=-1.0)[edge_on].all()  # what a visibility test alone would keep
 
 
 def test_real_scan_script_row_and_missing_capture(tmp_path):

@@ -3,8 +3,9 @@ masks and cameras.
 
 - `silhouette_ious`: the mesh rasterised from every camera (`render/rasterize.py`) against the view's mask,
   intersection over union of the two pixel sets.
-- `seen_faces` / `seen_part`: the faces that at least one camera sees (not hidden behind the mesh itself), to
-  compare two surfaces where the photographs say something about them, as DTU's evaluation does.
+- `seen_faces` / `seen_part`: the faces that at least one camera sees (turned towards it, not edge-on, and not
+  hidden behind the mesh itself), to compare two surfaces where the photographs say something about them, as
+  DTU's evaluation does.
 - `normal_deviation` / `surface_noise`: how far the mesh bends within a small neighbourhood. At a vertex `v`,
   the points of the mesh within `radius` of it are fitted by a plane (least squares: the normal is the
   eigenvector of the smallest eigenvalue of their covariance), and the deviation is the angle between that
@@ -35,6 +36,8 @@ from neurecon_ns.render.rasterize import PinholeCamera, project_to_pixels, raste
 
 NOISE_RADIUS_FRACTION = 0.025
 """Patch radius of `surface_noise`, as a fraction of the mesh's bounding-box diagonal."""
+SEEN_MIN_FACING = 0.1
+"""`seen_faces`: a camera sees a face within acos(0.1) = 84 degrees of its normal, not nearer edge-on."""
 
 
 def mask_iou(predicted: Bool[np.ndarray, "H W"], reference: Bool[np.ndarray, "H W"]) -> float:
@@ -60,13 +63,18 @@ def silhouette_ious(
 
 
 def seen_faces(
-    mesh: trimesh.Trimesh, cameras: Sequence[PinholeCamera], tolerance_px: float = 3.0
+    mesh: trimesh.Trimesh, cameras: Sequence[PinholeCamera], tolerance_px: float = 3.0, min_facing: float = SEEN_MIN_FACING
 ) -> Bool[np.ndarray, " num_faces"]:
-    """Faces with a vertex that some camera sees: in front of it, inside the image, and no farther than the depth
-    the mesh's own rasterisation holds at that pixel plus `tolerance_px` pixel footprints (`depth / fx` each)."""
+    """Faces that some camera sees: the face turned towards the camera (the cosine between its normal and the
+    direction to the camera at least `min_facing`) and one of its vertices in front of the camera, inside the image
+    and no farther than the depth the mesh's own rasterisation holds at that pixel plus `tolerance_px` pixel
+    footprints (`depth / fx` each). A face only ever seen edge-on is not seen: its pixels say nothing about where
+    it lies along its normal."""
     vertices = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64)
     faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
-    seen_vertex = torch.zeros(len(vertices), dtype=torch.bool)
+    face_normals = torch.as_tensor(np.asarray(mesh.face_normals), dtype=torch.float64)
+    face_centres = vertices[faces].mean(dim=1)
+    seen = torch.zeros(len(faces), dtype=torch.bool)
     for camera in cameras:
         depth_buffer = rasterize(vertices, faces, camera).depth.to(torch.float64)
         pixels, depth = project_to_pixels(vertices, camera)
@@ -74,8 +82,11 @@ def seen_faces(
         inside = (depth > 0) & (columns >= 0) & (columns < camera.width) & (rows >= 0) & (rows < camera.height)
         nearest = torch.full_like(depth, -float("inf"))
         nearest[inside] = depth_buffer[rows[inside], columns[inside]]
-        seen_vertex |= inside & (depth <= nearest + tolerance_px * depth / camera.fx)
-    return seen_vertex.numpy()[np.asarray(mesh.faces)].any(axis=1)
+        visible_vertex = inside & (depth <= nearest + tolerance_px * depth / camera.fx)
+        to_camera = torch.nn.functional.normalize(torch.as_tensor(camera.camera_to_world[:3, 3]) - face_centres, dim=-1)
+        facing = (face_normals * to_camera).sum(dim=-1) >= min_facing
+        seen |= facing & visible_vertex[faces].any(dim=1)
+    return seen.numpy()
 
 
 def seen_part(mesh: trimesh.Trimesh, cameras: Sequence[PinholeCamera], tolerance_px: float = 3.0) -> trimesh.Trimesh:
