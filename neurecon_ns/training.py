@@ -105,12 +105,16 @@ def has_hash_grid(config: TrainerConfig) -> bool:
 
 def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
     """The CPU size of a hash-grid method, in place: the grid shrunk (the MLPs are already small), the torch grid
-    with its closed-form SDF gradient, a 48^3 occupancy grid, 512 rays, the CPU size of the sampler, and every
-    schedule fitted to `steps`. `ns-train neus-fast --machine.device-type cpu` trains at this size
-    (`SurfaceTrainerConfig.cpu_size`), and so do `neurecon demo` and the benchmarks.
+    with its closed-form SDF gradient, a 48^3 occupancy grid, 512 rays, the CPU size of the sampler, the mask
+    loss at 0.5 and the curvature loss at the surface, and every schedule fitted to `steps`.
+    `ns-train neus-fast --machine.device-type cpu` trains at this size (`SurfaceTrainerConfig.cpu_size`), and so
+    do `neurecon demo` and the benchmarks.
 
     512 rays: each cell of a grid is trained only by the rays that pass through it, so a grid needs more rays
-    per step than an MLP to see every cell."""
+    per step than an MLP to see every cell. The two losses were chosen on DTU scan 65 and the DTU-scale building
+    at 2400 steps (docs/benchmarks.md, "Real scan"): the mask loss at 0.5 rather than NeuS's 0.1 holds the
+    silhouettes to the masks within the short schedule, and the curvature loss (6e-3 on each ray's two samples
+    of highest weight) halves the surface noise that the fine levels leave, for 5% of a step."""
     model = config.pipeline.model
     grid = model.networks.geometry.hash_grid
     _shrink_hash_grid(grid, steps)
@@ -118,6 +122,9 @@ def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
     # on a CPU the torch grid's closed-form gradient is the cheapest of the three (docs/speed.md has the times)
     model.networks.gradient = "analytic"
     model.occupancy_grid_resolution = min(model.occupancy_grid_resolution, 48)
+    if model.mask_loss_weight > 0:
+        model.mask_loss_weight = 0.5
+    model.curvature_loss_weight, model.curvature_points = 6e-3, "surface"
     _fit_common_to_cpu(config, steps, rays_per_batch=512)
 
 

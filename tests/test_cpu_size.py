@@ -17,6 +17,9 @@ def test_cpu_size_is_chosen_on_a_cpu_only_and_can_be_declined():
     assert on_cpu.pipeline.datamanager.train_num_rays_per_batch == 512
     assert on_cpu.pipeline.model.networks.gradient == "analytic"
     assert on_cpu.optimizers["fields"]["scheduler"].max_steps == 2400
+    model = on_cpu.pipeline.model
+    assert (model.mask_loss_weight, model.curvature_loss_weight, model.curvature_points) == (0.5, 6e-3, "surface")
+    assert registered.pipeline.model.curvature_loss_weight == 0.0 and registered.pipeline.model.mask_loss_weight == 0.1
     assert registered.pipeline.model.networks.geometry.hash_grid.num_levels == 16, "the registered method is left as it is"
 
     kept = dataclasses.replace(registered, machine=MachineConfig(device_type="cpu"), cpu_size=False)
@@ -48,6 +51,13 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, 
     own_rays = tyro.cli(AnnotatedBaseConfigUnion, args=[*args, "--pipeline.datamanager.train-num-rays-per-batch", "128"])
     assert own_rays.pipeline.datamanager.train_num_rays_per_batch == 128
     assert own_rays.pipeline.model.networks.geometry.hash_grid.num_levels == 8
+    # the CPU size's losses give way to the command line's, even where it repeats the preset's value
+    own_mask = tyro.cli(AnnotatedBaseConfigUnion, args=[*args, "--pipeline.model.mask-loss-weight", "0.2"])
+    assert own_mask.pipeline.model.mask_loss_weight == 0.2
+    assert own_mask.pipeline.model.curvature_loss_weight == 6e-3
+    off = [*args, "--pipeline.model.curvature-loss-weight", "0"]
+    monkeypatch.setattr("sys.argv", ["ns-train", *off])
+    assert tyro.cli(AnnotatedBaseConfigUnion, args=off).pipeline.model.curvature_loss_weight == 0.0
     # a setting the command line repeats from the preset is kept too: the GPU preset's central differences
     numerical = [*args, "--pipeline.model.networks.gradient", "numerical"]
     monkeypatch.setattr("sys.argv", ["ns-train", *numerical])

@@ -82,8 +82,8 @@ class SurfaceTrainerConfig(TrainerConfig):
         self.optimizers = merge_unchanged(copy.deepcopy(self.optimizers), fitted.optimizers, preset.optimizers, given, "optimizers")
         CONSOLE.print(
             f"{self.method_name} on a CPU: training at the CPU size (8-level grid up to 256 cells, 512 rays, "
-            f"closed-form SDF gradient, schedules over {self.max_num_iterations} steps); pass --cpu-size False "
-            "to keep the GPU size."
+            f"closed-form SDF gradient, curvature loss at the surface, schedules over {self.max_num_iterations} "
+            "steps); pass --cpu-size False to keep the GPU size."
         )
 
 
