@@ -310,3 +310,19 @@ def test_curvature_loss_under_half_precision_takes_no_host_sync(gradient, small_
     assert outputs["laplacians"].dtype == torch.float32
     for name, parameter in model.named_parameters():
         assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
+
+
+def test_curvature_loss_stops_at_its_end_step(small_scene, tmp_path):
+    """Before `curvature_end_step` the CPU size's loss reads its Laplacians; from it on, neither the Laplacians nor
+    the loss are computed."""
+    config = small_cpu_config(method_config("neus-fast"), small_scene.output_dir, tmp_path, 10, rays_per_batch=32)
+    config.pipeline.model.curvature_end_step = 5
+    trainer = setup_trainer(config)
+    model = trainer.pipeline.model
+    trainer.pipeline.train()
+    for step, expected in ((4, True), (5, False), (9, False)):
+        model.update_to_step(step)
+        ray_bundle, batch = trainer.pipeline.datamanager.next_train(step)
+        outputs = model(ray_bundle)
+        assert ("laplacians" in outputs) == expected, step
+        assert ("curvature_loss" in model.get_loss_dict(outputs, batch)) == expected, step

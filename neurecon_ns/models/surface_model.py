@@ -135,6 +135,9 @@ class SurfaceModelConfig(ModelConfig):
     """Samples per ray the "surface" curvature points take (those of highest rendering weight)."""
     curvature_warmup_steps: int = 500
     """Steps over which the curvature weight grows linearly from 0 to `curvature_loss_weight`."""
+    curvature_end_step: int = 0
+    """From this training step on the curvature loss is off (and its Laplacians are not queried), so that the last
+    steps may add back the detail it smoothed; 0 keeps it on to the end."""
     curvature_follows_levels: bool = True
     """Scale the curvature weight by `h / h_0`, the central differences' step (the finest active hash level's
     cell) against its value at the start: each level that switches on divides the weight by the grid's growth
@@ -334,7 +337,10 @@ class SurfaceModel(Model):
         return outputs
 
     def curvature_active(self) -> bool:
-        return self.training and self.config.curvature_loss_weight > 0
+        """Whether this pass feeds the curvature loss (training, with a weight above 0, before its end step)."""
+        config = self.config
+        ended = 0 < config.curvature_end_step <= self.training_step
+        return self.training and config.curvature_loss_weight > 0 and not ended
 
     def curvature_rays(self, num_rays: int) -> int:
         """How many of the batch's rays the field gives Laplacians for in the rendering pass (0 outside training,
