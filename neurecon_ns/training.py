@@ -155,14 +155,18 @@ CPU_SAMPLERS = {
 
 def set_model_setting(config: TrainerConfig, name: str, value) -> None:
     """Set a model setting by dotted name, e.g. `sampler.num_uniform`, as `--pipeline.model.<name>` would; a name
-    that starts with `trainer.` sets the trainer's own setting (`trainer.keep_freed_host_memory`)."""
+    that starts with `trainer.` sets the trainer's own setting (`trainer.keep_freed_host_memory`,
+    `trainer.optimizers.variance.optimizer.lr`: a part of the name may also be a dictionary's key)."""
     target = config.pipeline.model
     if name.startswith("trainer."):
         target, name = config, name[len("trainer."):]
     *path, last = name.split(".")
     for part in path:
-        target = getattr(target, part)
-    setattr(target, last, value)
+        target = target[part] if isinstance(target, dict) else getattr(target, part)
+    if isinstance(target, dict):
+        target[last] = value
+    else:
+        setattr(target, last, value)
 
 
 def apply_model_settings(config: TrainerConfig, settings: Sequence[str]) -> None:

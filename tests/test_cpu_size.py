@@ -3,6 +3,7 @@ config.yml; `--cpu-size False` keeps the GPU size; a GPU run is untouched."""
 
 import dataclasses
 
+import pytest
 import yaml
 from nerfstudio.configs.base_config import MachineConfig
 
@@ -64,3 +65,20 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, 
     chosen = tyro.cli(AnnotatedBaseConfigUnion, args=numerical)
     assert chosen.pipeline.model.networks.gradient == "numerical"
     assert chosen.pipeline.model.networks.geometry.hash_grid.num_levels == 8
+
+
+def test_benchmark_settings_reach_the_model_the_trainer_and_the_optimizers():
+    from neurecon_ns.errors import UserInputError
+    from neurecon_ns.training import apply_model_settings
+
+    config = method_config("neus-fast")
+    apply_model_settings(
+        config,
+        ["sampler.num_uniform=16", "trainer.keep_freed_host_memory=False", "trainer.optimizers.variance.optimizer.lr=3e-3"],
+    )
+    assert config.pipeline.model.sampler.num_uniform == 16
+    assert config.keep_freed_host_memory is False
+    assert config.optimizers["variance"]["optimizer"].lr == 3e-3
+    assert config.optimizers["fields"]["optimizer"].lr == 1e-2
+    with pytest.raises(UserInputError, match="NAME=VALUE"):
+        apply_model_settings(config, ["sampler.num_uniform"])
