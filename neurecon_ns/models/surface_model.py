@@ -112,6 +112,12 @@ class SurfaceModelConfig(ModelConfig):
     """Weight of the eikonal regulariser `(|grad f| - 1)^2` (IGR)."""
     mask_loss_weight: float = 0.0
     """Weight of the binary cross-entropy between accumulated opacity and the foreground mask (0 disables it)."""
+    color_loss_outside_mask: bool = False
+    """With a mask loss, also compare the colour of the rays outside the mask, with the background the model
+    renders there as their target. NeuS compares colours inside the mask only: a ray on the object that the
+    surface's shell covers by half renders too dark and pays for it, while a ray beside the object that the shell
+    covers by half pays nothing, so the colour loss pulls silhouettes (and the faces joined to them) outward by
+    about the shell's width `1/s`. With this on, both cost `|c - b|` per unit of misplaced opacity."""
     eikonal_radius: float = 1.2
     """Samples farther than this from the origin are left out of the eikonal loss."""
     num_eikonal_uniform_points: int = 0
@@ -320,7 +326,7 @@ class SurfaceModel(Model):
             "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
             "normal": (normal + 1.0) / 2.0,  # world-space normal shown as a colour in [0, 1]
         }
-        if self.config.background_model != "none":
+        if self.config.background_model != "none" or self.training:
             outputs["background_rgb"] = background_rgb
         if self.training:
             outputs["gradients"] = field_outputs["gradient"].reshape(-1, 3)
@@ -469,8 +475,12 @@ class SurfaceModel(Model):
         fg_mask = self.foreground_mask(batch)
         loss_dict: Dict[str, Tensor] = {}
         if fg_mask is not None and self.config.mask_loss_weight > 0:
-            # with a mask loss, colour is only supervised on the object (NeuS's masked setting)
-            loss_dict["rgb_loss"] = ((outputs["rgb"] - gt_rgb).abs() * fg_mask).sum() / (fg_mask.sum() * 3 + 1e-5)
+            # with a mask loss, colour is supervised on the object (NeuS's masked setting) and, with
+            # `color_loss_outside_mask`, beside it; normalised by the object's rays either way
+            color_error = (outputs["rgb"] - gt_rgb).abs() * fg_mask
+            if self.config.color_loss_outside_mask and "background_rgb" in outputs:
+                color_error = color_error + (outputs["rgb"] - outputs["background_rgb"].detach()).abs() * (1.0 - fg_mask)
+            loss_dict["rgb_loss"] = color_error.sum() / (fg_mask.sum() * 3 + 1e-5)
             loss_dict["mask_loss"] = self.config.mask_loss_weight * mask_cross_entropy(outputs["accumulation"], fg_mask)
         else:
             loss_dict["rgb_loss"] = (outputs["rgb"] - gt_rgb).abs().mean()
