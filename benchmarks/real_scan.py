@@ -22,10 +22,14 @@ sphere), its largest connected component kept and mapped to the data's units, an
 - on a synthetic scene (`neurecon synth`, which writes scene.json and the exact surface gt_mesh_unit.ply):
   the Chamfer distance to the exact surface, in the data's units and in pixels at the object (the footprint of
   one pixel at the mean camera distance), between the parts of the two surfaces that some camera sees
-  (`mesh/capture_metrics.seen_part`; a DTU-like layout never sees the object's underside).
+  (`mesh/capture_metrics.seen_part`; a DTU-like layout never sees the object's underside), and where the
+  error lies: the seen mesh's signed offsets from the exact surface along its normal (`signed_offsets`;
+  positive proud of it, negative inside), their median and 10th and 90th percentiles in pixels.
 
 It writes a picture of three held-out views: the photograph, the mesh shaded from that camera, and the mesh's
-normals as colours, side by side (`--images-dir`, `real_scan_<label>.jpg`), and the numbers as JSON beside it.
+normals as colours, side by side, and on a synthetic scene the mesh coloured by its signed offsets (white on
+the exact surface, red 3 px or more proud of it, blue 3 px or more inside; `--images-dir`,
+`real_scan_<label>.jpg`), and the numbers as JSON beside it.
 `--save-run DIR` keeps the run (config.yml and the last checkpoint, as ns-train writes them) for `neurecon mesh`,
 `ns-viewer` or `--load-config`, which measures a kept run again without training. `--exact-surface` measures a
 synthetic scene's exact surface in place of a model: the floor of the IoU and noise columns. `docs/benchmarks.md`
@@ -55,8 +59,8 @@ from PIL import Image
 
 from neurecon_ns.data.neus_dataparser import NeusDataParserConfig, split_indices
 from neurecon_ns.errors import UserInputError
-from neurecon_ns.mesh.capture_metrics import noise_radius, seen_part, silhouette_ious, surface_noise
-from neurecon_ns.mesh.evaluate import compare_meshes
+from neurecon_ns.mesh.capture_metrics import noise_radius, seen_part, signed_offsets, silhouette_ious, surface_noise
+from neurecon_ns.mesh.evaluate import compare_meshes, sample_surface
 from neurecon_ns.mesh.model_mesh import extract_model_surface
 from neurecon_ns.mesh.postprocess import keep_largest_component, transform_mesh
 from neurecon_ns.render.rasterize import MeshRenderer, PinholeCamera
@@ -120,14 +124,38 @@ def held_out_psnr(
     return values
 
 
-def view_picture(mesh_unit: trimesh.Trimesh, cameras: Sequence[PinholeCamera], photographs: Sequence[np.ndarray]) -> Image.Image:
-    """One row per view: photograph, shaded mesh, mesh normals ((n + 1) / 2, world axes of the training space)."""
+OFFSET_COLOUR_RANGE_PX = 3.0
+"""The error column's colours saturate at this many pixels inside (blue) or proud (red) of the exact surface."""
+
+
+def offset_colours(offsets_px: np.ndarray) -> np.ndarray:
+    """Diverging colours of signed offsets: white on the surface, red proud of it, blue inside it."""
+    t = np.clip(offsets_px / OFFSET_COLOUR_RANGE_PX, -1.0, 1.0)[:, None]
+    red, blue, white = np.array([0.85, 0.1, 0.1]), np.array([0.1, 0.25, 0.85]), np.ones(3)
+    return np.where(t > 0, white + t * (red - white), white - t * (blue - white))
+
+
+def view_picture(
+    mesh_unit: trimesh.Trimesh,
+    cameras: Sequence[PinholeCamera],
+    photographs: Sequence[np.ndarray],
+    vertex_offsets_px: Optional[np.ndarray] = None,
+) -> Image.Image:
+    """One row per view: photograph, shaded mesh, mesh normals ((n + 1) / 2, world axes of the training space)
+    and, given the vertices' signed offsets from an exact surface, the mesh coloured by them."""
     renderer = MeshRenderer(mesh_unit)
+    offsets_renderer = None
+    if vertex_offsets_px is not None:
+        coloured = trimesh.Trimesh(mesh_unit.vertices, mesh_unit.faces, vertex_colors=offset_colours(vertex_offsets_px), process=False)
+        offsets_renderer = MeshRenderer(coloured)
     rows = []
     for camera, photograph in zip(cameras, photographs):
         shaded = renderer.render(camera, "shaded", background=1.0).numpy()
         normals = renderer.render(camera, "normal", background=1.0).numpy()
-        rows.append(np.concatenate([photograph, shaded, normals], axis=1))
+        columns = [photograph, shaded, normals]
+        if offsets_renderer is not None:
+            columns.append(offsets_renderer.render(camera, "vertex", background=1.0).numpy())
+        rows.append(np.concatenate(columns, axis=1))
     pixels = np.round(np.clip(np.concatenate(rows, axis=0), 0.0, 1.0) * 255.0).astype(np.uint8)
     return Image.fromarray(pixels)
 
@@ -217,15 +245,21 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
     pixel_unit = float(centres / cameras.fx.mean())
     data_per_unit = float(abs(np.linalg.det(unit_to_data[:3, :3])) ** (1.0 / 3.0))
     results["pixel_at_object_data_units"] = pixel_unit * data_per_unit
+    vertex_offsets_px = None
     if reference is not None and model is not None:
-        report = compare_meshes(seen_part(mesh_unit, pinholes), seen_part(reference, pinholes), num_points=100_000)
+        seen_mesh, seen_reference = seen_part(mesh_unit, pinholes), seen_part(reference, pinholes)
+        report = compare_meshes(seen_mesh, seen_reference, num_points=100_000)
         results["chamfer_data_units"] = report.chamfer * data_per_unit
         results["chamfer_pixels"] = report.chamfer / pixel_unit
+        offsets_px = signed_offsets(sample_surface(seen_mesh, 100_000, seed=0)[0], seen_reference) / pixel_unit
+        for name, percentile in (("p10", 10), ("median", 50), ("p90", 90)):
+            results[f"offset_{name}_pixels"] = float(np.percentile(offsets_px, percentile))
         results["exact_surface_noise_deg"] = surface_noise(transform_mesh(reference, unit_to_data))
+        vertex_offsets_px = signed_offsets(np.asarray(mesh_unit.vertices), reference) / pixel_unit
     results["evaluation_seconds"] = time.perf_counter() - started
     if args.images_dir is not None:
         shown = [int(held_out[k * len(held_out) // 3]) for k in range(3)]
-        picture = view_picture(mesh_unit, [pinholes[i] for i in shown], [images[i] for i in shown])
+        picture = view_picture(mesh_unit, [pinholes[i] for i in shown], [images[i] for i in shown], vertex_offsets_px)
         images_dir = Path(args.images_dir)
         images_dir.mkdir(parents=True, exist_ok=True)
         picture.save(images_dir / f"real_scan_{args.label}.jpg", quality=88)

@@ -117,3 +117,15 @@ def test_real_scan_script_row_and_missing_capture(tmp_path):
     assert "| - | - | 0.9812" in exact
     with pytest.raises(UserInputError, match="capture not found"):
         real_scan.resolve_data(tmp_path / "missing")
+
+
+def test_signed_offsets_say_which_side_of_the_surface_and_how_far():
+    from neurecon_ns.mesh.capture_metrics import signed_offsets
+
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
+    directions = np.random.default_rng(0).normal(size=(500, 3))
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    for radius in (1.03, 0.96):
+        offsets = signed_offsets(directions * radius, sphere, num_reference_points=100_000)
+        # the icosphere's faces lie up to 1.2e-3 inside the unit sphere
+        assert np.abs(offsets - (radius - 1.0)).max() < 4e-3, (radius, offsets.min(), offsets.max())

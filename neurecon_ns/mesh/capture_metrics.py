@@ -6,6 +6,8 @@ masks and cameras.
 - `seen_faces` / `seen_part`: the faces that at least one camera sees (turned towards it, not edge-on, and not
   hidden behind the mesh itself), to compare two surfaces where the photographs say something about them, as
   DTU's evaluation does.
+- `signed_offsets` (for a synthetic capture whose exact surface is known): which side of it, and how far, a
+  reconstruction lies, point by point.
 - `normal_deviation` / `surface_noise`: how far the mesh bends within a small neighbourhood. At a vertex `v`,
   the points of the mesh within `radius` of it are fitted by a plane (least squares: the normal is the
   eigenvector of the smallest eigenvalue of their covariance), and the deviation is the angle between that
@@ -31,6 +33,7 @@ import trimesh
 from jaxtyping import Bool, Float
 from scipy.spatial import cKDTree
 
+from neurecon_ns.mesh.evaluate import sample_surface
 from neurecon_ns.mesh.postprocess import submesh
 from neurecon_ns.render.rasterize import PinholeCamera, project_to_pixels, rasterize
 
@@ -92,6 +95,18 @@ def seen_faces(
 def seen_part(mesh: trimesh.Trimesh, cameras: Sequence[PinholeCamera], tolerance_px: float = 3.0) -> trimesh.Trimesh:
     """The faces of `seen_faces` as a mesh."""
     return submesh(mesh, seen_faces(mesh, cameras, tolerance_px))
+
+
+def signed_offsets(
+    points: Float[np.ndarray, "num_points 3"], reference: trimesh.Trimesh, num_reference_points: int = 200_000, seed: int = 0
+) -> Float[np.ndarray, " num_points"]:
+    """How far each point stands off a reference surface along the reference's outward normal: positive where a
+    reconstruction stands proud of it, negative where it lies inside. Measured to the nearest of
+    `num_reference_points` points drawn on the reference by area (so within about their spacing squared over
+    the distance of the exact value, on a face)."""
+    reference_points, reference_normals = sample_surface(reference, num_reference_points, seed)
+    _, nearest = cKDTree(reference_points).query(points)
+    return ((points - reference_points[nearest]) * reference_normals[nearest]).sum(axis=-1)
 
 
 def noise_radius(mesh: trimesh.Trimesh, fraction: float = NOISE_RADIUS_FRACTION) -> float:
