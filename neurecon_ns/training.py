@@ -187,8 +187,9 @@ def apply_model_settings(config: TrainerConfig, settings: Sequence[str]) -> None
 
 def _shrink_hash_grid(grid, steps: int) -> None:
     """A grid a CPU can afford: 8 levels up to 256 cells per axis (a cell of 1/128 of the unit sphere's
-    diameter, finer than a pixel of the images a CPU run trains on) in tables of 2^18 entries, which
-    hold the coarse half of the levels densely; the levels all switch on in the first half of the run."""
+    diameter: 1.4 px at the object in a DTU scan at 400x300) in tables of 2^18 entries, which hold the coarse
+    half of the levels densely; the levels all switch on in the first half of the run. A grid up to 512 cells in
+    tables of 2^19 is measured against it in docs/benchmarks.md ("Real scan")."""
     grid.num_levels = 8
     grid.max_resolution = min(grid.max_resolution, 256)
     grid.log2_hashmap_size = min(grid.log2_hashmap_size, 18)

@@ -60,7 +60,7 @@ class SurfaceTrainerConfig(TrainerConfig):
     stays at its peak."""
     cpu_size: bool = True
     """A hash-grid method (`neus-fast`) set up with `--machine.device-type cpu` trains at its CPU size: the grid
-    shrunk to 8 levels up to 256, 512 rays, the closed-form SDF gradient of the torch grid, schedules fitted to
+    shrunk to 8 levels up to 256 cells, 512 rays, the closed-form SDF gradient of the torch grid, schedules fitted to
     `--max-num-iterations` (`training.fit_hash_grid_method_to_cpu`). False keeps the GPU size."""
 
     def __post_init__(self) -> None:
@@ -80,8 +80,11 @@ class SurfaceTrainerConfig(TrainerConfig):
         given = command_line_settings(sys.argv[1:])
         self.pipeline = merge_unchanged(copy.deepcopy(self.pipeline), fitted.pipeline, preset.pipeline, given, "pipeline")
         self.optimizers = merge_unchanged(copy.deepcopy(self.optimizers), fitted.optimizers, preset.optimizers, given, "optimizers")
+        grid = self.pipeline.model.networks.geometry.hash_grid
+        rays = self.pipeline.datamanager.train_num_rays_per_batch
         CONSOLE.print(
-            f"{self.method_name} on a CPU: training at the CPU size (8-level grid up to 256 cells, 512 rays, "
+            f"{self.method_name} on a CPU: training at the CPU size ({grid.num_levels}-level grid up to "
+            f"{grid.max_resolution} cells, {rays} rays, "
             f"closed-form SDF gradient, curvature loss at the surface, schedules over {self.max_num_iterations} "
             "steps); pass --cpu-size False to keep the GPU size."
         )
