@@ -33,10 +33,11 @@ from neurecon_ns.training import apply_model_settings, method_config, run_iterat
 
 GRID = "networks.geometry.hash_grid"
 GRID_VARIANTS = {
-    "grid up to 256 cells, tables of 2^18": [f"{GRID}.max_resolution=256", f"{GRID}.log2_hashmap_size=18"],
-    "grid up to 512 cells, tables of 2^19 (CPU size)": [],
-    "grid up to 512 cells, tables of 2^20": [f"{GRID}.log2_hashmap_size=20"],
-    "grid up to 512 cells, tables of 2^21": [f"{GRID}.log2_hashmap_size=21"],
+    f"grid up to {cells} cells, tables of 2^{log2_size}" + (" (CPU size)" if (cells, log2_size) == (256, 18) else ""): [
+        f"{GRID}.max_resolution={cells}",
+        f"{GRID}.log2_hashmap_size={log2_size}",
+    ]
+    for cells, log2_size in ((256, 18), (512, 19), (512, 20), (512, 21))
 }
 """`--compare grid`: the CPU size's curvature loss and gradient, with the grid's finest level and table size varied."""
 
