@@ -11,7 +11,7 @@ OBJECT_RGB = torch.tensor([0.6, 0.4, 0.3])
 BACKGROUND_RGB = torch.zeros(3)
 
 
-def color_loss(outside: bool, covered_inside: float, covered_outside: float) -> float:
+def color_loss(outside: bool, covered_inside: float, covered_outside: float, with_background: bool = True) -> float:
     """rgb_loss of two rays, one inside the mask and one beside the object, each `covered_*` by the surface."""
     scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
     model = NeuSModelConfig(mask_loss_weight=0.5, background_color="black", color_loss_outside_mask=outside).setup(
@@ -24,6 +24,8 @@ def color_loss(outside: bool, covered_inside: float, covered_outside: float) -> 
         "accumulation": accumulation,
         "background_rgb": BACKGROUND_RGB.expand(2, 3),
     }
+    if not with_background:
+        del outputs["background_rgb"]
     photograph = torch.stack([OBJECT_RGB, torch.tensor([0.9, 0.9, 0.2])])  # a bright backdrop beside the object
     batch = {"image": photograph, "fg_mask": torch.tensor([[True], [False]])}
     return float(model.get_loss_dict(outputs, batch)["rgb_loss"])
@@ -41,3 +43,5 @@ def test_colour_loss_outside_the_mask_charges_misplaced_opacity_alike_on_both_si
     assert half_missed > 0.0
     assert spilled == pytest.approx(half_missed, rel=1e-5)
     assert color_loss(True, 1.0, 0.0) == 0.0
+    # outside training the background is the constant colour, which the outputs do not carry
+    assert color_loss(True, 1.0, covered, with_background=False) == pytest.approx(spilled, rel=1e-5)

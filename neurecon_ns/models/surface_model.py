@@ -478,8 +478,10 @@ class SurfaceModel(Model):
             # with a mask loss, colour is supervised on the object (NeuS's masked setting) and, with
             # `color_loss_outside_mask`, beside it; normalised by the object's rays either way
             color_error = (outputs["rgb"] - gt_rgb).abs() * fg_mask
-            if self.config.color_loss_outside_mask and "background_rgb" in outputs:
-                color_error = color_error + (outputs["rgb"] - outputs["background_rgb"].detach()).abs() * (1.0 - fg_mask)
+            if self.config.color_loss_outside_mask:
+                # the background this pass rendered (outside training a constant colour, not among the outputs)
+                background = outputs.get("background_rgb", self.background_rgb_constant()).detach()
+                color_error = color_error + (outputs["rgb"] - background).abs() * (1.0 - fg_mask)
             loss_dict["rgb_loss"] = color_error.sum() / (fg_mask.sum() * 3 + 1e-5)
             loss_dict["mask_loss"] = self.config.mask_loss_weight * mask_cross_entropy(outputs["accumulation"], fg_mask)
         else:
