@@ -357,19 +357,21 @@ def test_grid_queries_outside_autograd_come_in_pieces_with_the_same_values():
         with LargestGather() as gathers:
             pieces = encoding.forward_with_jacobian(points)
     assert torch.equal(whole[0], pieces[0]) and torch.equal(whole[1], pieces[1])
-    # the corner features gathered at once are those of one piece: 96 points x 6 levels x 8 corners x 2 features
-    assert gathers.largest == 96 * 6 * 8 * 2
+    # the corner rows read at once are those of one piece: 96 points x 6 levels x 8 corners
+    assert gathers.largest == 96 * 6 * 8
 
 
 class LargestGather(TorchDispatchMode):
-    """The largest result of a gather by index (`table[rows]`) seen while it is active, in elements."""
+    """The most table rows one gather (`embedding_bag`, or a gather by index) reads while it is active."""
 
     largest = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if func.overloadpacket is torch.ops.aten.index:
-            self.largest = max(self.largest, result.numel())
+        if func.overloadpacket in (torch.ops.aten._embedding_bag, torch.ops.aten._embedding_bag_forward_only):
+            self.largest = max(self.largest, args[1].numel())
+        elif func.overloadpacket is torch.ops.aten.index:
+            self.largest = max(self.largest, args[1][0].numel())
         return result
 
 

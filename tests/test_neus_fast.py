@@ -8,6 +8,7 @@ import torch
 from neurecon_ns.data.shapes import sphere_sdf
 from neurecon_ns.fields.hash_encoding import (
     HashGridConfig,
+    InterpolateCorners,
     MultiResolutionGrid,
     ProgressiveHashEncoding,
     reference_grid_features,
@@ -24,6 +25,29 @@ def test_grid_matches_the_level_by_level_reference():
     points = torch.rand(500, 3)
     points[:5] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.25, 1.0], [1.0, 0.0, 0.3], [0.999999, 0.0, 0.0]])
     assert torch.allclose(grid(points), reference_grid_features(grid, points), atol=1e-5)
+
+
+def test_corner_interpolation_has_the_gradients_of_its_sum():
+    """The hand-written backward of the grid's gather (table and weights) against finite differences, and its
+    own backward (what autograd's double backward through the grid, the reference gradient path, runs)."""
+    torch.manual_seed(0)
+    table = torch.randn(50, 2, dtype=torch.float64, requires_grad=True)
+    rows = torch.randint(0, 50, (8, 7))  # 8 corners x 7 cells
+    rows[:, 0] = 3  # a cell whose corners share one row: their gradients add up
+    weight_sets = [torch.rand(8, 7, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    assert torch.autograd.gradcheck(InterpolateCorners.apply, (table, rows, *weight_sets))
+    assert torch.autograd.gradgradcheck(InterpolateCorners.apply, (table, rows, *weight_sets))
+    for weights, sums in zip(weight_sets, InterpolateCorners.apply(table, rows, *weight_sets)):
+        assert torch.allclose(sums, torch.einsum("cb,cbf->bf", weights, table[rows]))
+
+
+def test_grid_jacobian_is_the_derivative_of_its_features():
+    torch.manual_seed(0)
+    grid = MultiResolutionGrid([4, 9, 30, 77], features_per_level=2, log2_table_size=12, init_scale=1.0).double()
+    points = (torch.rand(40, 3, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
+    features, jacobian = grid.forward_with_jacobian(points)
+    by_autograd = torch.stack([torch.autograd.grad(features[:, i].sum(), points, retain_graph=True)[0] for i in range(features.shape[1])], dim=1)
+    assert torch.allclose(jacobian, by_autograd, atol=1e-9)
 
 
 def test_grid_is_trilinear_between_vertices():

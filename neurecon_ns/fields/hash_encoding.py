@@ -56,9 +56,60 @@ HASH_PRIMES = (1, 2654435761, 805459861)
 """Instant-NGP's per-axis primes of the spatial hash."""
 
 
-def trilinear_weights(x_pair: Tensor, y_pair: Tensor, z_pair: Tensor) -> Tensor:
-    """`[..., 2]` per-axis factors -> `[..., 8]` products, one per cell corner in `CORNER_OFFSETS` order."""
-    return (x_pair[..., :, None, None] * y_pair[..., None, :, None] * z_pair[..., None, None, :]).flatten(-3)
+def corner_products(x_pair: Tensor, y_pair: Tensor, z_pair: Tensor) -> Tensor:
+    """Per-axis pairs `[2, *shape]` (the two values at a cell's low and high side) -> the 8 corner products
+    `[8, *shape]` in `CORNER_OFFSETS` order. The corner index leads so that every product runs over the long
+    point axis, not over a trailing axis of 2 (as slow as a loop on a CPU)."""
+    return (x_pair[:, None, None] * y_pair[None, :, None] * z_pair[None, None, :]).flatten(0, 2)
+
+
+class InterpolateCorners(torch.autograd.Function):
+    """`sum_c weights[c, b] * table[rows[c, b]]` for each set of weights: weighted sums of the 8 corner rows of
+    each cell `b` (a point at a level), in which the trilinear features and their derivatives along x, y and z
+    share the rows. Rows and weights come corner-major `[8, B]`, each sum goes out `[B, F]`.
+
+    Forward: `embedding_bag`, which reads a cell's corner rows and sums them in one pass, where an indexed copy
+    `[B, 8, F]` followed by a product and a sum would write and read every corner row again. Backward: each
+    corner's share `sum_k weights_k[c, b] * grad_k[b, f]` scattered into the table, and the weights' gradient
+    (the gathered rows against the output gradient) only when the points need one."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, rows: Tensor, *weight_sets: Tensor) -> Tuple[Tensor, ...]:
+        # a bag per cell: its 8 corner rows, as int32 (a table holds far fewer than 2^31 rows): a CPU transposes
+        # int64 into int32 several times faster than into int64, and the gather reads half the bytes
+        bags = torch.empty(rows.shape[::-1], dtype=torch.int32, device=rows.device).copy_(rows.T)
+        sums = tuple(
+            torch.nn.functional.embedding_bag(bags, table, per_sample_weights=weights.T.contiguous(), mode="sum")
+            for weights in weight_sets
+        )
+        ctx.save_for_backward(table, rows, *weight_sets)
+        return sums
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        table, rows, *weight_sets = ctx.saved_tensors
+        grads_by_feature = [grad.T.contiguous() for grad in grads]  # [F, B] each
+        grad_table = None
+        if ctx.needs_input_grad[0]:
+            # [8, F, B]: each corner's share of each feature's gradient, summed over the weight sets in place
+            shares = weight_sets[0][:, None] * grads_by_feature[0][None]
+            for weights, grad in zip(weight_sets[1:], grads_by_feature[1:]):
+                shares.addcmul_(weights[:, None], grad[None])
+            grad_table = torch.zeros_like(table)
+            flat_rows = rows.reshape(-1)
+            if table.shape[1] == 2 and table.device.type == "cpu" and not torch.is_grad_enabled():
+                # two features per row read as one complex number: one pass adds whole rows, 2.4x faster on a
+                # CPU than a pass per feature into the table's strided columns
+                shares_by_row = shares.permute(0, 2, 1).contiguous()  # [8, B, 2]
+                torch.view_as_complex(grad_table).index_add_(0, flat_rows, torch.view_as_complex(shares_by_row).reshape(-1))
+            else:
+                for feature in range(table.shape[1]):
+                    grad_table[:, feature].scatter_add_(0, flat_rows, shares[:, feature].reshape(-1))
+        grad_weights = [None] * len(weight_sets)
+        if any(ctx.needs_input_grad[2:]):
+            corner_rows = table[rows].permute(2, 0, 1)  # [F, 8, B]
+            grad_weights = [(corner_rows * grad[:, None]).sum(dim=0) for grad in grads_by_feature]
+        return (grad_table, None, *grad_weights)
 
 
 class MultiResolutionGrid(nn.Module):
@@ -67,8 +118,9 @@ class MultiResolutionGrid(nn.Module):
     Levels are ordered coarse to fine, so the densely indexed ones come first. The row of each of a
     cell's 8 corners is built from per-axis terms of its lowest vertex, never from 8 x 3 coordinates:
     a dense level adds constant corner offsets to the lowest vertex's row, a hashed level XORs the two
-    values each axis can take. This, and one gather for all levels and corners, is what makes the grid
-    usable on a CPU.
+    values each axis can take. Weights and rows are laid out corner by level by point, so each operation
+    runs along the points, and all levels and corners are read in one `InterpolateCorners`. This is what
+    makes the grid usable on a CPU.
     """
 
     def __init__(self, resolutions: List[int], features_per_level: int, log2_table_size: int, init_scale: float = 1e-4):
@@ -83,31 +135,31 @@ class MultiResolutionGrid(nn.Module):
         offsets = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)
         strides = torch.tensor(resolutions, dtype=torch.long) + 1
         # dense level: row of corner (i, j, k) = row of the lowest vertex + (i * stride + j) * stride + k
-        dense_corner_rows = (CORNER_OFFSETS[:, 0] * strides[:, None] + CORNER_OFFSETS[:, 1]) * strides[:, None] + CORNER_OFFSETS[:, 2]
+        dense_corner_rows = (CORNER_OFFSETS[:, 0, None] * strides + CORNER_OFFSETS[:, 1, None]) * strides + CORNER_OFFSETS[:, 2, None]
         self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.float32), persistent=False)
         self.register_buffer("hashed", torch.tensor([count > table_size for count in vertices]), persistent=False)
         self.register_buffer("level_sizes", torch.tensor(sizes, dtype=torch.long), persistent=False)
         self.register_buffer("level_offsets", offsets, persistent=False)
         self.register_buffer("strides", strides, persistent=False)
-        self.register_buffer("dense_corner_rows", dense_corner_rows + offsets[:, None], persistent=False)  # [L, 8]
+        self.register_buffer("dense_corner_rows", dense_corner_rows + offsets, persistent=False)  # [8, L]
         self.table = nn.Parameter((torch.rand(sum(sizes), features_per_level) * 2 - 1) * init_scale)
 
     def corner_rows(self, lowest: Tensor) -> Tensor:
-        """Table rows of the 8 corners of the cells whose lowest vertices are `lowest` `[N, L, 3]` -> `[N, L, 8]`."""
+        """Table rows of the 8 corners of the cells whose lowest vertices are `lowest` `[3, L, N]` -> `[8, L, N]`."""
         rows = []
         num_dense = self.num_dense
         if num_dense > 0:
-            vertex = lowest[:, :num_dense]
-            stride = self.strides[:num_dense]
-            lowest_row = (vertex[..., 0] * stride + vertex[..., 1]) * stride + vertex[..., 2]
-            rows.append(lowest_row[..., None] + self.dense_corner_rows[:num_dense])
+            x, y, z = lowest[:, :num_dense]
+            stride = self.strides[:num_dense, None]
+            lowest_row = (x * stride + y) * stride + z  # [Ld, N]
+            rows.append(lowest_row + self.dense_corner_rows[:, :num_dense, None])
         if num_dense < lowest.shape[1]:
             vertex = lowest[:, num_dense:]
-            # per axis, the hash terms of the two values the corner coordinate takes: [N, Lh, 2]
-            axis_terms = [torch.stack([vertex[..., axis], vertex[..., axis] + 1], dim=-1) * prime for axis, prime in enumerate(HASH_PRIMES)]
-            hashed = axis_terms[0][..., :, None, None] ^ axis_terms[1][..., None, :, None] ^ axis_terms[2][..., None, None, :]
+            # per axis, the hash terms of the two values the corner coordinate takes: [2, Lh, N]
+            x_terms, y_terms, z_terms = (torch.stack([vertex[axis], vertex[axis] + 1]) * prime for axis, prime in enumerate(HASH_PRIMES))
+            hashed = (x_terms[:, None, None] ^ y_terms[None, :, None] ^ z_terms[None, None, :]).flatten(0, 2)
             # the table size is a power of two: the modulo is a mask
-            rows.append((hashed.flatten(-3) & (self.table_size - 1)) + self.level_offsets[num_dense:, None])
+            rows.append((hashed & (self.table_size - 1)) + self.level_offsets[num_dense:, None])
         return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
 
     def forward(self, unit_points: Float[Tensor, "num_points 3"]) -> Float[Tensor, "num_points num_features"]:
@@ -121,9 +173,9 @@ class MultiResolutionGrid(nn.Module):
         `(-1, 1)`, times the level's resolution (cells per unit).
 
         Outside autograd (rendering, meshing, the samplers) the points are taken `query_chunk_size` at a time:
-        the corner rows and gathered corner features are several kilobytes per point, so an evaluation chunk
-        of millions of points would otherwise hold gigabytes at once. Training keeps them for the backward
-        pass anyway, in one piece."""
+        the corner rows and weights are several hundred bytes per point, so an evaluation chunk of millions of
+        points would otherwise hold gigabytes at once. Training keeps them for the backward pass anyway, in one
+        piece."""
         if torch.is_grad_enabled() or unit_points.shape[0] <= self.query_chunk_size:
             return self._features_and_jacobian(unit_points, with_jacobian)
         pieces = [self._features_and_jacobian(chunk, with_jacobian) for chunk in unit_points.split(self.query_chunk_size)]
@@ -136,23 +188,26 @@ class MultiResolutionGrid(nn.Module):
     def _features_and_jacobian(
         self, unit_points: Float[Tensor, "num_points 3"], with_jacobian: bool
     ) -> Tuple[Float[Tensor, "num_points num_features"], Optional[Float[Tensor, "num_points num_features 3"]]]:
-        scaled = unit_points[:, None, :] * self.resolutions[:, None]  # [N, L, 3]
-        lowest = torch.floor(scaled).clamp(max=self.resolutions[:, None] - 1)
-        fraction = scaled - lowest  # [N, L, 3], in [0, 1]
-        # trilinear weight of corner (i, j, k): the product over axes of (1 - fraction) or fraction
-        axis_weights = torch.stack([1.0 - fraction, fraction], dim=-1)  # [N, L, 3, 2]
-        x_pair, y_pair, z_pair = axis_weights.unbind(dim=-2)
-        weights = trilinear_weights(x_pair, y_pair, z_pair)
-        corner_features = self.table[self.corner_rows(lowest.long())]  # [N, L, 8, F]
-        features = (corner_features * weights[..., None]).sum(dim=2).flatten(1)
+        num_points, num_levels = unit_points.shape[0], self.resolutions.shape[0]
+        resolutions = self.resolutions[:, None]  # [L, 1]
+        scaled = unit_points.T[:, None, :] * resolutions  # [3, L, N]
+        lowest = torch.floor(scaled).clamp(max=resolutions - 1)
+        fraction = scaled - lowest  # [3, L, N], in [0, 1]
+        # per axis, the trilinear factors of the low and high corner: (1 - fraction, fraction)
+        pairs = [torch.stack([1.0 - fraction[axis], fraction[axis]]) for axis in range(3)]  # 3 x [2, L, N]
+        weight_sets = [corner_products(*pairs)]
+        if with_jacobian:
+            # d/d axis of a corner's weight: that axis' pair becomes (-1, 1), times the cells per unit
+            slope = torch.stack([-resolutions, resolutions]).expand_as(pairs[0])
+            weight_sets += [corner_products(*[slope if axis == wrt else pair for axis, pair in enumerate(pairs)]) for wrt in range(3)]
+        weight_sets = [weights.to(self.table.dtype).flatten(1) for weights in weight_sets]
+        sums = InterpolateCorners.apply(self.table, self.corner_rows(lowest.long()).flatten(1), *weight_sets)
+        # level-major sums [L * N, F] -> point-major [N, L, F]
+        sums = [level_sums.view(num_levels, num_points, -1).transpose(0, 1) for level_sums in sums]
+        features = sums[0].flatten(1)
         if not with_jacobian:
             return features, None
-        slope = torch.tensor([-1.0, 1.0], device=unit_points.device, dtype=unit_points.dtype).expand_as(x_pair)
-        weight_slopes = torch.stack(
-            [trilinear_weights(slope, y_pair, z_pair), trilinear_weights(x_pair, slope, z_pair), trilinear_weights(x_pair, y_pair, slope)],
-            dim=-1,
-        ) * self.resolutions[:, None, None]  # [N, L, 8, 3]
-        jacobian = torch.einsum("nlcf,nlca->nlfa", corner_features, weight_slopes).flatten(1, 2)  # [N, L * F, 3]
+        jacobian = torch.stack(sums[1:], dim=-1).flatten(1, 2)  # [N, L * F, 3]
         return features, jacobian
 
 
