@@ -114,7 +114,7 @@ def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
     per step than an MLP to see every cell. The two losses were chosen on DTU scan 65 and the DTU-scale building
     at 2400 steps (docs/benchmarks.md, "Real scan"): the mask loss at 0.5 rather than NeuS's 0.1 holds the
     silhouettes to the masks within the short schedule, and the curvature loss (6e-3 on each ray's two samples
-    of highest weight) halves the surface noise that the fine levels leave, for 5% of a step."""
+    of highest weight) halves the surface noise that the fine levels leave, for 12% more per step."""
     model = config.pipeline.model
     grid = model.networks.geometry.hash_grid
     _shrink_hash_grid(grid, steps)
