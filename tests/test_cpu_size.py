@@ -65,12 +65,17 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, 
     chosen = tyro.cli(AnnotatedBaseConfigUnion, args=numerical)
     assert chosen.pipeline.model.networks.gradient == "numerical"
     assert chosen.pipeline.model.networks.geometry.hash_grid.num_levels == 8
-    # README's finer grid for captures like the building: 512 cells in tables of 2^19 (the GPU preset's size)
-    finer = [*args, "--pipeline.model.networks.geometry.hash-grid.max-resolution", "512",
-             "--pipeline.model.networks.geometry.hash-grid.log2-hashmap-size", "19"]
+    # README's finer grid for captures like the building: 512 cells in tables of 2^19 (the GPU preset's size), its
+    # levels on in the first quarter of the run
+    # (the CPU size alone would switch one level on every 4800 / 8 = 600 steps)
+    finer = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "4800", "--output-dir", str(tmp_path),
+             "--pipeline.model.networks.geometry.hash-grid.max-resolution", "512",
+             "--pipeline.model.networks.geometry.hash-grid.log2-hashmap-size", "19",
+             "--pipeline.model.networks.geometry.hash-grid.steps-per-level", "300"]
     monkeypatch.setattr("sys.argv", ["ns-train", *finer])
     grid = tyro.cli(AnnotatedBaseConfigUnion, args=finer).pipeline.model.networks.geometry.hash_grid
     assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.implementation) == (8, 512, 19, "torch")
+    assert grid.steps_per_level == 300
 
 
 def test_benchmark_settings_reach_the_model_the_trainer_and_the_optimizers():
