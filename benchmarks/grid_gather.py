@@ -19,9 +19,10 @@ building-like captures (512 cells, 2^19). Median of `--repeats` after one warm-u
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 
 import torch
+from aligned_products import milliseconds  # this folder is on sys.path when a script here runs
 
 from neurecon_ns.fields.hash_encoding import HASH_PRIMES, HashGridConfig, MultiResolutionGrid, ProgressiveHashEncoding
 
@@ -70,13 +71,8 @@ def shell_points(count: int, seed: int = 0) -> torch.Tensor:
 
 
 def median_ms(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
+    """Median of `repeats` timed calls, after one warm-up call."""
+    return statistics.median(milliseconds(run, repeats))
 
 
 def main() -> None:

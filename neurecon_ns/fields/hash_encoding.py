@@ -98,8 +98,8 @@ class InterpolateCorners(torch.autograd.Function):
             grad_table = torch.zeros_like(table)
             flat_rows = rows.reshape(-1)
             if table.shape[1] == 2 and table.device.type == "cpu" and not torch.is_grad_enabled():
-                # two features per row read as one complex number: one pass adds whole rows, 2.4x faster on a
-                # CPU than a pass per feature into the table's strided columns
+                # two features per row read as one complex number: one pass adds whole rows, where a pass per
+                # feature would scatter into the table's strided columns (docs/speed.md, "Hash grid")
                 shares_by_row = shares.permute(0, 2, 1).contiguous()  # [8, B, 2]
                 torch.view_as_complex(grad_table).index_add_(0, flat_rows, torch.view_as_complex(shares_by_row).reshape(-1))
             else:
@@ -173,8 +173,8 @@ class MultiResolutionGrid(nn.Module):
         `(-1, 1)`, times the level's resolution (cells per unit).
 
         Outside autograd (rendering, meshing, the samplers) the points are taken `query_chunk_size` at a time:
-        the corner rows and weights are several hundred bytes per point, so an evaluation chunk of millions of
-        points would otherwise hold gigabytes at once. Training keeps them for the backward pass anyway, in one
+        the corner rows and weights are a few kilobytes per point, so an evaluation chunk of millions of points
+        would otherwise hold gigabytes at once. Training keeps them for the backward pass anyway, in one
         piece."""
         if torch.is_grad_enabled() or unit_points.shape[0] <= self.query_chunk_size:
             return self._features_and_jacobian(unit_points, with_jacobian)
