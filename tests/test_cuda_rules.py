@@ -362,7 +362,7 @@ def test_grid_queries_outside_autograd_come_in_pieces_with_the_same_values():
 
 
 class LargestGather(TorchDispatchMode):
-    """The most table rows one gather (`embedding_bag`, or a gather by index) reads while it is active."""
+    """The most table rows one `embedding_bag` (the grid's read) takes while it is active."""
 
     largest = 0
 
@@ -370,8 +370,6 @@ class LargestGather(TorchDispatchMode):
         result = func(*args, **(kwargs or {}))
         if func.overloadpacket in (torch.ops.aten._embedding_bag, torch.ops.aten._embedding_bag_forward_only):
             self.largest = max(self.largest, args[1].numel())
-        elif func.overloadpacket is torch.ops.aten.index:
-            self.largest = max(self.largest, args[1][0].numel())
         return result
 
 
