@@ -84,6 +84,17 @@ def mean_absolute_laplacian(laplacian: Float[Tensor, "num_points 1"], weights: F
     return (laplacian[..., 0].abs() * weights).sum() / (weights.sum() + 1e-5)
 
 
+def squared_normal_difference(
+    gradients: Float[Tensor, "num_points 3"], offset_gradients: Float[Tensor, "num_points 3"]
+) -> Float[Tensor, " num_points"]:
+    """`||n(x) - n(x + eps)||^2` for the unit normals of two sets of level-set gradients.
+
+    Squared, a crease of angle `a` met by a fraction `|eps| / w` of the pairs costs about `a^2 |eps| / w`, and the
+    same turning spread evenly over the width `w` costs `(a |eps| / w)^2`: `w / |eps|` times less. The plain norm
+    (UNISURF's eq. 11) costs both alike, so it leaves a grid's coarse cells as flat facets."""
+    return (F.normalize(gradients, dim=-1) - F.normalize(offset_gradients, dim=-1)).square().sum(dim=-1)
+
+
 @dataclass
 class SurfaceModelConfig(ModelConfig):
     """Settings every surface model has; each method's defaults are set in `neurecon_ns/methods.py`."""
@@ -148,6 +159,14 @@ class SurfaceModelConfig(ModelConfig):
     """Scale the curvature weight by `h / h_0`, the central differences' step (the finest active hash level's
     cell) against its value at the start: each level that switches on divides the weight by the grid's growth
     factor. Without a hash grid `h` is constant and this changes nothing."""
+    normal_consistency_loss_weight: float = 0.0
+    """Weight of the normal consistency term `mean ||n(x) - n(x + eps)||^2` at each ray's
+    `curvature_surface_samples` samples of highest rendering weight (counted with that weight), `eps` uniform in
+    a cube of side `normal_consistency_offset`; 0 disables it. It prefers a smooth surface to the flat facets a
+    grid's coarse cells leave (`squared_normal_difference`), which the mean |Laplacian| costs alike; one more
+    gradient query per chosen sample."""
+    normal_consistency_offset: float = 0.02
+    """Side of the cube `eps` is drawn in (training-space units)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """nerfstudio's camera pose refinement (off by default)."""
     occupancy_grid: bool = False
@@ -334,6 +353,8 @@ class SurfaceModel(Model):
             outputs["weights"] = weights
             if self.curvature_active():
                 outputs.update(self.curvature_samples(points, weights, field_outputs, laplacian_rays))
+            if self.config.normal_consistency_loss_weight > 0:
+                outputs.update(self.normal_consistency_samples(points, weights, field_outputs))
             if self.config.num_eikonal_uniform_points > 0:
                 uniform_points = self.uniform_points_in_sphere(self.config.num_eikonal_uniform_points)
                 _, _, uniform_gradients = self.field.get_level_value_and_gradient(uniform_points)
@@ -385,6 +406,23 @@ class SurfaceModel(Model):
             "curvature_points": chosen,
             "curvature_weights": chosen_weights.reshape(-1).to(torch.float32),
         }
+
+    def normal_consistency_samples(
+        self,
+        points: Float[Tensor, "num_rays num_samples 3"],
+        weights: Float[Tensor, "num_rays num_samples 1"],
+        field_outputs: Dict[str, Tensor],
+    ) -> Dict[str, Tensor]:
+        """`||n(x) - n(x + eps)||^2` at each ray's samples of highest weight, with those weights."""
+        num_chosen = min(self.config.curvature_surface_samples, weights.shape[-2])
+        chosen_weights, chosen_index = weights.detach()[..., 0].topk(num_chosen, dim=-1)
+        index = chosen_index[..., None].expand(-1, -1, 3)
+        chosen = torch.gather(points.detach(), -2, index).reshape(-1, 3)
+        gradients = torch.gather(field_outputs["gradient"].reshape(points.shape), -2, index).reshape(-1, 3)
+        offsets = (torch.rand_like(chosen) - 0.5) * self.config.normal_consistency_offset
+        _, _, offset_gradients = self.field.get_level_value_and_gradient(chosen + offsets)
+        difference = squared_normal_difference(gradients, offset_gradients)
+        return {"normal_differences": difference, "normal_difference_weights": chosen_weights.reshape(-1).to(difference.dtype)}
 
     def extra_outputs(
         self, ray_bundle: RayBundle, ray_samples: RaySamples, field_outputs: Dict[str, Tensor], weights: Tensor
@@ -490,6 +528,10 @@ class SurfaceModel(Model):
             loss_dict["eikonal_loss"] = self.config.eikonal_loss_weight * self.eikonal_loss(outputs)
         if self.training and "laplacians" in outputs:
             loss_dict["curvature_loss"] = self.curvature_loss_weight() * self.curvature_loss(outputs)
+        if self.training and "normal_differences" in outputs:
+            weights = outputs["normal_difference_weights"]
+            mean_difference = (outputs["normal_differences"] * weights).sum() / (weights.sum() + 1e-5)
+            loss_dict["normal_consistency_loss"] = self.config.normal_consistency_loss_weight * mean_difference
         if self.training:
             self.camera_optimizer.get_loss_dict(loss_dict)
         return loss_dict
