@@ -53,8 +53,12 @@ def turning_by_level(points: np.ndarray, normals: np.ndarray, valid: np.ndarray,
     rates = np.degrees(np.arccos(cosines))[pairs] / lengths[pairs]
     rows = []
     for cell in cell_sizes:
-        crosses = (np.floor((points[pairs] + bound) / cell) != np.floor((next_points[pairs] + bound) / cell)).any(axis=-1)
-        rows.append((crosses.mean(), rates[crosses].mean(), rates[~crosses].mean()))
+        ratios = []
+        for shift in (0.0, 0.5):  # the level's faces, and planes halfway between them
+            start, end = ((p[pairs] + bound) / cell + shift for p in (points, next_points))
+            crosses = (np.floor(start) != np.floor(end)).any(axis=-1)
+            ratios.append((crosses.mean(), rates[crosses].mean(), rates[~crosses].mean()))
+        rows.append(ratios)
     return rows, rates
 
 
@@ -92,10 +96,11 @@ def main() -> None:
     rows, rates = turning_by_level(surface.numpy().reshape(*unit.shape), normals, found.numpy().reshape(unit.shape[:2]), cell_sizes, grid.bound)
 
     print(f"run: {args.load_config}; {len(rates)} pairs of surface points, median turning {np.median(rates):.0f} deg/unit")
-    print("| level | cells | cell size | pairs crossing a face | mean rate crossing (deg/unit) | not crossing | ratio |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for level, (resolution, cell, (share, crossing, other)) in enumerate(zip(resolutions, cell_sizes, rows)):
-        print(f"| {level} | {resolution} | {cell:.4f} | {share:.3f} | {crossing:.0f} | {other:.0f} | {crossing / other:.2f} |")
+    print("| level | cells | cell size | pairs crossing a face | mean rate crossing (deg/unit) | not crossing | ratio | ratio at the mid-planes |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for level, (resolution, cell, (faces, midway)) in enumerate(zip(resolutions, cell_sizes, rows)):
+        share, crossing, other = faces
+        print(f"| {level} | {resolution} | {cell:.4f} | {share:.3f} | {crossing:.0f} | {other:.0f} | {crossing / other:.2f} | {midway[1] / midway[2]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,7 @@ from neurecon_ns.fields.central_differences import (
 from neurecon_ns.fields.hash_encoding import HashGridConfig
 from neurecon_ns.fields.level_set_network import LevelSetNetwork
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
-from neurecon_ns.models.surface_model import (
-    curvature_loss_weight_at,
-    mean_absolute_laplacian,
-    squared_normal_difference,
-)
-from neurecon_ns.models.unisurf import normal_difference
+from neurecon_ns.models.surface_model import curvature_loss_weight_at, mean_absolute_laplacian
 from neurecon_ns.training import method_config, run_iteration, setup_trainer, small_cpu_config
 from neurecon_ns.utils.accelerator import as_on_a_gpu
 from neurecon_ns.utils.cuda_rules import CudaAutocastRules, HostSyncCounter
@@ -331,69 +326,3 @@ def test_curvature_loss_stops_at_its_end_step(small_scene, tmp_path):
         outputs = model(ray_bundle)
         assert ("laplacians" in outputs) == expected, step
         assert ("curvature_loss" in model.get_loss_dict(outputs, batch)) == expected, step
-
-
-def fibonacci_directions(count: int) -> torch.Tensor:
-    """`count` unit vectors spread evenly over the sphere."""
-    index = torch.arange(count, dtype=torch.float64) + 0.5
-    polar = torch.acos(1.0 - 2.0 * index / count)
-    azimuth = math.pi * (1.0 + math.sqrt(5.0)) * index
-    return torch.stack([torch.cos(azimuth) * torch.sin(polar), torch.sin(azimuth) * torch.sin(polar), torch.cos(polar)], -1)
-
-
-def level_set_gradient(function, points):
-    points = points.clone().requires_grad_(True)
-    return torch.autograd.grad(function(points).sum(), points)[0]
-
-
-@pytest.mark.parametrize("num_facets", [20, 200])
-def test_squared_normal_difference_costs_facets_more_than_the_smooth_surface_they_approximate(num_facets):
-    """A sphere and a polytope around it (the flat facets a coarse grid leaves) turn their normals by the same total
-    angle: UNISURF's plain norm costs them alike, the squared difference costs the facets at least 15 times more."""
-    torch.manual_seed(0)
-    radius, facet_normals = 0.5, fibonacci_directions(num_facets)
-
-    def sphere_level(points):
-        return points.norm(dim=-1) - radius
-
-    def polytope_level(points):
-        return (points @ facet_normals.T).max(dim=-1).values - radius
-
-    directions = torch.nn.functional.normalize(torch.randn(20000, 3, dtype=torch.float64), dim=-1)
-    on_sphere = directions * radius
-    on_polytope = directions * radius / (directions @ facet_normals.T).max(dim=-1).values[:, None]
-    offsets = (torch.rand_like(directions) - 0.5) * 0.02
-    costs = {}
-    for name, function, points in (("sphere", sphere_level, on_sphere), ("polytope", polytope_level, on_polytope)):
-        gradients = level_set_gradient(function, points)
-        offset_gradients = level_set_gradient(function, points + offsets)
-        unit, offset_unit = (torch.nn.functional.normalize(g, dim=-1) for g in (gradients, offset_gradients))
-        costs[name] = (squared_normal_difference(gradients, offset_gradients).mean(), normal_difference(unit, offset_unit).mean())
-    # on the sphere: the tangential part of eps turns the normal by |eps_t| / r, E|eps_t|^2 = 2/3 * 3 * 0.02^2 / 12
-    assert float(costs["sphere"][0]) == pytest.approx(2.0 * 0.02**2 / 12.0 / radius**2, rel=0.05)
-    assert costs["polytope"][0] > 15.0 * costs["sphere"][0]
-    assert costs["polytope"][1] < 1.3 * costs["sphere"][1]
-
-
-def test_training_with_the_normal_consistency_loss(small_scene, tmp_path):
-    """The term reads each ray's two samples of highest rendering weight, with those weights, and trains the grid."""
-    config = small_cpu_config(method_config("neus-fast"), small_scene.output_dir, tmp_path, 40, rays_per_batch=64)
-    config.pipeline.model.normal_consistency_loss_weight = 0.5
-    torch.manual_seed(0)
-    trainer = setup_trainer(config)
-    model = trainer.pipeline.model
-    for step in range(4):
-        run_iteration(trainer, step)
-    trainer.pipeline.train()
-    ray_bundle, batch = trainer.pipeline.datamanager.next_train(4)
-    outputs = model(ray_bundle)
-    heaviest = outputs["weights"].detach()[..., 0].topk(2, dim=-1).values.reshape(-1)
-    assert torch.allclose(outputs["normal_difference_weights"], heaviest)
-    assert outputs["normal_differences"].shape == (2 * 64,)
-    loss = model.get_loss_dict(outputs, batch)["normal_consistency_loss"]
-    expected = 0.5 * (outputs["normal_differences"] * heaviest).sum() / (heaviest.sum() + 1e-5)
-    assert torch.isfinite(loss) and float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5) and loss > 0
-    encoding = model.field.geometry_network.encoding
-    encoding.grids.table.grad = None
-    loss.backward()
-    assert encoding.grids.table.grad is not None and encoding.grids.table.grad.abs().sum() > 0

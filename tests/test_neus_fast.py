@@ -158,3 +158,94 @@ def test_ray_bounds_keep_the_hit_and_empty_rays_see_nothing():
     assert (new_nears[:2, 0] <= first_hit).all() and (new_fars[:2, 0] >= exit_point).all()
     assert (new_fars[:2] - new_nears[:2] < fars[:2] - nears[:2]).all()  # something was skipped
     assert new_nears[2, 0] == new_fars[2, 0] == fars[2, 0]  # a ray through empty space keeps no segment
+
+
+def vertex_coordinates(resolution: int) -> torch.Tensor:
+    """`(i, j, k)` of every vertex of a dense level, in its table's row order: `[(R + 1)^3, 3]`."""
+    axis = torch.arange(resolution + 1, dtype=torch.float32)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def test_second_difference_energy_is_zero_for_linear_features_and_exact_for_a_quadratic():
+    grid = MultiResolutionGrid([4, 6, 30], features_per_level=2, log2_table_size=9)
+    assert grid.num_dense == 2 and grid.hashed.tolist() == [False, False, True]
+    with torch.no_grad():
+        for level, resolution in enumerate((4, 6)):
+            ijk = vertex_coordinates(resolution)
+            rows = slice(int(grid.level_offsets[level]), int(grid.level_offsets[level] + grid.level_sizes[level]))
+            grid.table[rows] = torch.stack([ijk @ torch.tensor([1.0, -2.0, 0.5]) + 3.0, 0.25 * ijk[:, 1]], dim=-1)
+    assert float(grid.second_difference_energy(2).detach()) == pytest.approx(0.0, abs=1e-9)
+    with torch.no_grad():  # level 1: both features i^2 + k^2: second difference 2 along i and along k, 0 along j
+        ijk = vertex_coordinates(6)
+        quadratic = (ijk[:, 0] ** 2 + ijk[:, 2] ** 2)[:, None].expand(-1, 2)
+        grid.table[int(grid.level_offsets[1]) : int(grid.level_offsets[1] + grid.level_sizes[1])] = quadratic
+    assert float(grid.second_difference_energy(2).detach()) == pytest.approx(2 * (2.0**2 * 2), rel=1e-6)
+    assert float(grid.second_difference_energy(1).detach()) == pytest.approx(0.0, abs=1e-9)
+    assert float(grid.second_difference_energy(3).detach()) == float(grid.second_difference_energy(2).detach())  # the hashed level is not read
+
+
+def test_grid_smoothness_takes_away_the_creases_at_a_levels_cell_faces():
+    """Minimising the second differences of a rough coarse level makes its features' slope continuous across a
+    cell face (the creases `benchmarks/grid_facets.py` finds on trained surfaces), and moves the features by less
+    than their spread."""
+    torch.manual_seed(0)
+    grid = MultiResolutionGrid([8], features_per_level=2, log2_table_size=12, init_scale=1.0)
+    face = 0.5  # a face of the 8-cell level along x
+    below, above = torch.rand(200, 3), torch.rand(200, 3)
+    below[:, 0], above[:, 0] = face - 1e-3, face + 1e-3
+    above[:, 1:] = below[:, 1:]
+
+    def slope_jump():
+        _, jacobian_below = grid.forward_with_jacobian(below)
+        _, jacobian_above = grid.forward_with_jacobian(above)
+        return (jacobian_above[..., 0] - jacobian_below[..., 0]).abs().mean()
+
+    with torch.no_grad():
+        jump_before, table_before = float(slope_jump()), grid.table.detach().clone()
+    optimizer = torch.optim.Adam(grid.parameters(), lr=1e-2)
+    for _ in range(100):
+        optimizer.zero_grad()
+        grid.second_difference_energy(1).backward()
+        optimizer.step()
+    with torch.no_grad():
+        jump_after = float(slope_jump())
+    assert jump_after < 0.2 * jump_before, (jump_before, jump_after)
+    assert (grid.table.detach() - table_before).abs().mean() < table_before.std()
+
+
+def test_training_with_the_grid_smoothness_term(small_scene, tmp_path):
+    """neus-fast at its CPU size with the term on: it is in the losses with its weight, and its gradient reaches the
+    coarse levels' rows only."""
+    from neurecon_ns.training import method_config, run_iteration, setup_trainer, small_cpu_config
+
+    config = small_cpu_config(method_config("neus-fast"), small_scene.output_dir, tmp_path, 40, rays_per_batch=64)
+    config.pipeline.model.grid_smoothness_loss_weight = 0.5
+    config.pipeline.model.grid_smoothness_levels = 2
+    torch.manual_seed(0)
+    trainer = setup_trainer(config)
+    model = trainer.pipeline.model
+    for step in range(3):
+        run_iteration(trainer, step)
+    grid = model.field.geometry_network.encoding.grids
+    ray_bundle, batch = trainer.pipeline.datamanager.next_train(3)
+    loss = model.get_loss_dict(model(ray_bundle), batch)["grid_smoothness_loss"]
+    assert float(loss.detach()) == pytest.approx(0.5 * float(grid.second_difference_energy(2).detach()), rel=1e-6)
+    assert loss > 0
+    grid.table.grad = None
+    loss.backward()
+    coarse_rows = int(grid.level_offsets[2])
+    assert grid.table.grad[:coarse_rows].abs().sum() > 0 and grid.table.grad[coarse_rows:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("method, fix", [("neus-dtu", "set the weight to 0"), ("neus-fast", "implementation torch")])
+def test_grid_smoothness_without_the_torch_grid_is_refused_in_one_sentence(method, fix, small_scene, tmp_path, monkeypatch):
+    from neurecon_ns.errors import UserInputError
+    from neurecon_ns.fields import hash_encoding
+    from neurecon_ns.training import method_config, setup_trainer, small_cpu_config
+
+    config = small_cpu_config(method_config(method), small_scene.output_dir, tmp_path, 10, rays_per_batch=32)
+    config.pipeline.model.grid_smoothness_loss_weight = 0.1
+    if method == "neus-fast":  # as on a machine with tiny-cuda-nn
+        monkeypatch.setattr(hash_encoding.ProgressiveHashEncoding, "backend", property(lambda self: "tcnn"))
+    with pytest.raises(UserInputError, match=fix):
+        setup_trainer(config)

@@ -162,6 +162,26 @@ class MultiResolutionGrid(nn.Module):
             rows.append((hashed & (self.table_size - 1)) + self.level_offsets[num_dense:, None])
         return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
 
+    def second_difference_energy(self, num_levels: int) -> Float[Tensor, ""]:
+        """`sum_l mean_v sum_axis ||V(v + e) - 2 V(v) + V(v - e)||^2` over the first `num_levels` levels (dense
+        ones only), `V(v)` the features at vertex `v`: how far each level's features are from varying linearly
+        across its cells. Trilinear interpolation turns a level's second differences into jumps of the features'
+        slope at its cell faces."""
+        num_levels = min(num_levels, self.num_dense)
+        if num_levels == 0:
+            return self.table.new_zeros(())
+        # one slice of the table for all the levels read (each slice's backward writes a table-sized gradient)
+        dense_rows = self.table[: int(self.level_offsets[num_levels - 1] + self.level_sizes[num_levels - 1])]
+        energy = self.table.new_zeros(())
+        for level in range(num_levels):
+            side, start = int(self.strides[level]), int(self.level_offsets[level])
+            vertices = dense_rows[start : start + side**3].view(side, side, side, -1)  # indexed by vertex (i, j, k)
+            for axis in range(3):
+                inner = side - 2
+                second = vertices.narrow(axis, 2, inner) - 2.0 * vertices.narrow(axis, 1, inner) + vertices.narrow(axis, 0, inner)
+                energy = energy + second.square().sum(dim=-1).mean()
+        return energy
+
     def forward(self, unit_points: Float[Tensor, "num_points 3"]) -> Float[Tensor, "num_points num_features"]:
         return self.forward_with_jacobian(unit_points, with_jacobian=False)[0]
 
@@ -298,6 +318,13 @@ class ProgressiveHashEncoding(nn.Module):
         config = self.config
         level = torch.arange(config.num_levels, device=like.device).repeat_interleave(config.features_per_level)
         return (level < self.active_levels).to(like.dtype)
+
+    def coarse_level_roughness(self, num_levels: int) -> Float[Tensor, ""]:
+        """`MultiResolutionGrid.second_difference_energy` of the coarsest `num_levels` levels (torch grid only:
+        tiny-cuda-nn lays its levels out in its own order)."""
+        if not isinstance(self.grids, MultiResolutionGrid):
+            raise TypeError("the grid smoothness term reads the torch grid's tables; tiny-cuda-nn's are laid out in its own order")
+        return self.grids.second_difference_energy(num_levels)
 
     @property
     def has_jacobian(self) -> bool:

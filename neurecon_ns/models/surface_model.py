@@ -28,6 +28,7 @@ from torch.nn import Parameter
 
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.fields.background import BackgroundFieldConfig
+from neurecon_ns.fields.hash_encoding import ProgressiveHashEncoding
 from neurecon_ns.fields.sdf_field import SurfaceFieldConfig
 from neurecon_ns.model_components.background import (
     background_alphas,
@@ -82,17 +83,6 @@ def mean_absolute_laplacian(laplacian: Float[Tensor, "num_points 1"], weights: F
     """Neuralangelo's curvature loss: the mean of `|Laplacian f|` over the points, each counted with its weight
     (1 or 0 to mark the points read, or a rendering weight)."""
     return (laplacian[..., 0].abs() * weights).sum() / (weights.sum() + 1e-5)
-
-
-def squared_normal_difference(
-    gradients: Float[Tensor, "num_points 3"], offset_gradients: Float[Tensor, "num_points 3"]
-) -> Float[Tensor, " num_points"]:
-    """`||n(x) - n(x + eps)||^2` for the unit normals of two sets of level-set gradients.
-
-    Squared, a crease of angle `a` met by a fraction `|eps| / w` of the pairs costs about `a^2 |eps| / w`, and the
-    same turning spread evenly over the width `w` costs `(a |eps| / w)^2`: `w / |eps|` times less. The plain norm
-    (UNISURF's eq. 11) costs both alike, so it leaves a grid's coarse cells as flat facets."""
-    return (F.normalize(gradients, dim=-1) - F.normalize(offset_gradients, dim=-1)).square().sum(dim=-1)
 
 
 @dataclass
@@ -159,14 +149,14 @@ class SurfaceModelConfig(ModelConfig):
     """Scale the curvature weight by `h / h_0`, the central differences' step (the finest active hash level's
     cell) against its value at the start: each level that switches on divides the weight by the grid's growth
     factor. Without a hash grid `h` is constant and this changes nothing."""
-    normal_consistency_loss_weight: float = 0.0
-    """Weight of the normal consistency term `mean ||n(x) - n(x + eps)||^2` at each ray's
-    `curvature_surface_samples` samples of highest rendering weight (counted with that weight), `eps` uniform in
-    a cube of side `normal_consistency_offset`; 0 disables it. It prefers a smooth surface to the flat facets a
-    grid's coarse cells leave (`squared_normal_difference`), which the mean |Laplacian| costs alike; one more
-    gradient query per chosen sample."""
-    normal_consistency_offset: float = 0.02
-    """Side of the cube `eps` is drawn in (training-space units)."""
+    grid_smoothness_loss_weight: float = 0.0
+    """Weight of the grid smoothness term: the squared second differences of the features at the vertices of the
+    hash grid's `grid_smoothness_levels` coarsest levels, summed over the axes, a mean per level
+    (`MultiResolutionGrid.second_difference_energy`); 0 disables it. Trilinear interpolation turns those second
+    differences into creases of the SDF along the levels' cell faces, which no loss on the samples' own cells
+    sees (`benchmarks/grid_facets.py` measures them). Torch grid only."""
+    grid_smoothness_levels: int = 4
+    """How many of the grid's coarsest levels the smoothness term reads (densely indexed levels only)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """nerfstudio's camera pose refinement (off by default)."""
     occupancy_grid: bool = False
@@ -219,6 +209,8 @@ class SurfaceModel(Model):
             self.occupancy_grid = SurfaceOccupancyGrid(
                 self.config.occupancy_grid_resolution, self.config.sphere_radius, self.config.occupancy_grid_margin
             )
+        if self.config.grid_smoothness_loss_weight > 0:
+            self._check_grid_smoothness_applies()
         self._lpips = None  # built lazily: torchmetrics downloads its weights when constructed
         self._lpips_unavailable = False
         if self.config.render_mode not in RENDER_MODES:
@@ -239,6 +231,18 @@ class SurfaceModel(Model):
         from neurecon_ns.render.viewer_mesh import MeshPreviewButton
 
         self.mesh_preview_button = MeshPreviewButton(self)  # "Preview mesh": the current surface in the 3D scene
+
+    def _check_grid_smoothness_applies(self) -> None:
+        network = self.field.geometry_network
+        encoding = getattr(network, "encoding", None)
+        if not isinstance(encoding, ProgressiveHashEncoding) or encoding.backend != "torch":
+            raise UserInputError(
+                "grid_smoothness_loss_weight (pipeline.model.grid-smoothness-loss-weight) reads the torch hash grid's "
+                "tables, and this model's geometry network has "
+                + ("tiny-cuda-nn's grid: add --pipeline.model.networks.geometry.hash-grid.implementation torch"
+                   if isinstance(encoding, ProgressiveHashEncoding) else "no hash grid: set the weight to 0")
+                + "."
+            )
 
     def _on_render_mode_control(self, control: ViewerDropdown) -> None:
         self.render_mode = control.value
@@ -353,8 +357,6 @@ class SurfaceModel(Model):
             outputs["weights"] = weights
             if self.curvature_active():
                 outputs.update(self.curvature_samples(points, weights, field_outputs, laplacian_rays))
-            if self.config.normal_consistency_loss_weight > 0:
-                outputs.update(self.normal_consistency_samples(points, weights, field_outputs))
             if self.config.num_eikonal_uniform_points > 0:
                 uniform_points = self.uniform_points_in_sphere(self.config.num_eikonal_uniform_points)
                 _, _, uniform_gradients = self.field.get_level_value_and_gradient(uniform_points)
@@ -406,23 +408,6 @@ class SurfaceModel(Model):
             "curvature_points": chosen,
             "curvature_weights": chosen_weights.reshape(-1).to(torch.float32),
         }
-
-    def normal_consistency_samples(
-        self,
-        points: Float[Tensor, "num_rays num_samples 3"],
-        weights: Float[Tensor, "num_rays num_samples 1"],
-        field_outputs: Dict[str, Tensor],
-    ) -> Dict[str, Tensor]:
-        """`||n(x) - n(x + eps)||^2` at each ray's samples of highest weight, with those weights."""
-        num_chosen = min(self.config.curvature_surface_samples, weights.shape[-2])
-        chosen_weights, chosen_index = weights.detach()[..., 0].topk(num_chosen, dim=-1)
-        index = chosen_index[..., None].expand(-1, -1, 3)
-        chosen = torch.gather(points.detach(), -2, index).reshape(-1, 3)
-        gradients = torch.gather(field_outputs["gradient"].reshape(points.shape), -2, index).reshape(-1, 3)
-        offsets = (torch.rand_like(chosen) - 0.5) * self.config.normal_consistency_offset
-        _, _, offset_gradients = self.field.get_level_value_and_gradient(chosen + offsets)
-        difference = squared_normal_difference(gradients, offset_gradients)
-        return {"normal_differences": difference, "normal_difference_weights": chosen_weights.reshape(-1).to(difference.dtype)}
 
     def extra_outputs(
         self, ray_bundle: RayBundle, ray_samples: RaySamples, field_outputs: Dict[str, Tensor], weights: Tensor
@@ -528,10 +513,9 @@ class SurfaceModel(Model):
             loss_dict["eikonal_loss"] = self.config.eikonal_loss_weight * self.eikonal_loss(outputs)
         if self.training and "laplacians" in outputs:
             loss_dict["curvature_loss"] = self.curvature_loss_weight() * self.curvature_loss(outputs)
-        if self.training and "normal_differences" in outputs:
-            weights = outputs["normal_difference_weights"]
-            mean_difference = (outputs["normal_differences"] * weights).sum() / (weights.sum() + 1e-5)
-            loss_dict["normal_consistency_loss"] = self.config.normal_consistency_loss_weight * mean_difference
+        if self.training and self.config.grid_smoothness_loss_weight > 0:
+            roughness = self.field.geometry_network.encoding.coarse_level_roughness(self.config.grid_smoothness_levels)
+            loss_dict["grid_smoothness_loss"] = self.config.grid_smoothness_loss_weight * roughness
         if self.training:
             self.camera_optimizer.get_loss_dict(loss_dict)
         return loss_dict
