@@ -11,6 +11,7 @@ from neurecon_ns.fields.hash_encoding import (
     InterpolateCorners,
     MultiResolutionGrid,
     ProgressiveHashEncoding,
+    SecondDifferenceEnergy,
     reference_grid_features,
 )
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
@@ -249,3 +250,10 @@ def test_grid_smoothness_without_the_torch_grid_is_refused_in_one_sentence(metho
         monkeypatch.setattr(hash_encoding.ProgressiveHashEncoding, "backend", property(lambda self: "tcnn"))
     with pytest.raises(UserInputError, match=fix):
         setup_trainer(config)
+
+
+def test_second_difference_energy_has_the_gradient_of_its_sum():
+    torch.manual_seed(0)
+    grid = MultiResolutionGrid([3, 4, 30], features_per_level=2, log2_table_size=8, init_scale=1.0).double()
+    assert grid.num_dense == 2
+    assert torch.autograd.gradcheck(lambda table: SecondDifferenceEnergy.apply(table, (4, 5), (0, 64)), (grid.table.detach().clone().requires_grad_(),))

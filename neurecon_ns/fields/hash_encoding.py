@@ -112,6 +112,52 @@ class InterpolateCorners(torch.autograd.Function):
         return (grad_table, None, *grad_weights)
 
 
+def axis_second_differences(vertices: Tensor, axis: int) -> Tensor:
+    """`V(v + e) - 2 V(v) + V(v - e)` along one axis of a level's vertices `[side, side, side, F]`, at the inner ones."""
+    inner = vertices.shape[axis] - 2
+    second = vertices.narrow(axis, 1, inner) * -2.0
+    second += vertices.narrow(axis, 0, inner)
+    second += vertices.narrow(axis, 2, inner)
+    return second
+
+
+class SecondDifferenceEnergy(torch.autograd.Function):
+    """`sum_l sum_axis mean_v ||V(v + e_axis) - 2 V(v) + V(v - e_axis)||^2` over dense levels of a grid's table, the
+    features `V` at each level's vertices (the level's rows from `start`, `side^3` of them, indexed `(i, j, k)`).
+
+    The backward is written out, `2 D^T D V / n` per axis (the difference spread back onto the three vertices it
+    read), into one table-sized gradient: under autograd each of the nine slices per level would allocate and sum
+    a gradient of the whole level."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, sides: Tuple[int, ...], starts: Tuple[int, ...]) -> Tensor:
+        ctx.save_for_backward(table)
+        ctx.levels = tuple(zip(sides, starts))
+        energy = table.new_zeros(())
+        for side, start in ctx.levels:
+            vertices = table[start : start + side**3].view(side, side, side, -1)
+            for axis in range(3):
+                second = axis_second_differences(vertices, axis)
+                energy += second.square().sum() / (second.numel() // second.shape[-1])
+        return energy
+
+    @staticmethod
+    def backward(ctx, grad_energy: Tensor):
+        (table,) = ctx.saved_tensors
+        grad_table = torch.zeros_like(table)
+        for side, start in ctx.levels:
+            vertices = table[start : start + side**3].view(side, side, side, -1)
+            grad_vertices = grad_table[start : start + side**3].view(side, side, side, -1)
+            for axis in range(3):
+                inner = side - 2
+                second = axis_second_differences(vertices, axis)
+                second *= 2.0 * grad_energy / (second.numel() // second.shape[-1])
+                grad_vertices.narrow(axis, 0, inner).add_(second)
+                grad_vertices.narrow(axis, 2, inner).add_(second)
+                grad_vertices.narrow(axis, 1, inner).add_(second, alpha=-2.0)
+        return grad_table, None, None
+
+
 class MultiResolutionGrid(nn.Module):
     """Multi-resolution grid features in torch: `[0, 1]^3 -> [L * F]`, trilinear within each level.
 
@@ -163,24 +209,15 @@ class MultiResolutionGrid(nn.Module):
         return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
 
     def second_difference_energy(self, num_levels: int) -> Float[Tensor, ""]:
-        """`sum_l mean_v sum_axis ||V(v + e) - 2 V(v) + V(v - e)||^2` over the first `num_levels` levels (dense
-        ones only), `V(v)` the features at vertex `v`: how far each level's features are from varying linearly
-        across its cells. Trilinear interpolation turns a level's second differences into jumps of the features'
-        slope at its cell faces."""
+        """`SecondDifferenceEnergy` of the first `num_levels` levels (dense ones only): how far each level's
+        features are from varying linearly across its cells. Trilinear interpolation turns a level's second
+        differences into jumps of the features' slope at its cell faces."""
         num_levels = min(num_levels, self.num_dense)
         if num_levels == 0:
             return self.table.new_zeros(())
-        # one slice of the table for all the levels read (each slice's backward writes a table-sized gradient)
-        dense_rows = self.table[: int(self.level_offsets[num_levels - 1] + self.level_sizes[num_levels - 1])]
-        energy = self.table.new_zeros(())
-        for level in range(num_levels):
-            side, start = int(self.strides[level]), int(self.level_offsets[level])
-            vertices = dense_rows[start : start + side**3].view(side, side, side, -1)  # indexed by vertex (i, j, k)
-            for axis in range(3):
-                inner = side - 2
-                second = vertices.narrow(axis, 2, inner) - 2.0 * vertices.narrow(axis, 1, inner) + vertices.narrow(axis, 0, inner)
-                energy = energy + second.square().sum(dim=-1).mean()
-        return energy
+        sides = tuple(int(side) for side in self.strides[:num_levels])
+        starts = tuple(int(start) for start in self.level_offsets[:num_levels])
+        return SecondDifferenceEnergy.apply(self.table, sides, starts)
 
     def forward(self, unit_points: Float[Tensor, "num_points 3"]) -> Float[Tensor, "num_points num_features"]:
         return self.forward_with_jacobian(unit_points, with_jacobian=False)[0]
