@@ -5,7 +5,8 @@ Variants (each a set of `--set`-style model settings on top of `training.small_c
 - closed-form gradient, no curvature loss;
 - closed-form gradient, curvature loss on the samples of 64 or 128 of the 512 rays (seven level queries each);
 - closed-form gradient, curvature loss at the surface: the two samples of highest weight on each of the 512 rays;
-- central differences (numerical gradient) for every sample, whose seven values also give every Laplacian.
+- central differences (numerical gradient) for every sample, whose seven values also give every Laplacian;
+- the curvature loss at the surface and the grid smoothness term on the coarse levels' vertices.
 
 One trainer per variant on the 96x96 composite object, all set to the same mid-run step (5 of 8 levels active at
 a 2400-step schedule); their steps are taken in turn, round after round, and each step's CPU time
@@ -47,6 +48,9 @@ VARIANTS = {
     "closed form + curvature, 128 rays": ["curvature_loss_weight=5e-3", "curvature_num_rays=128"],
     "closed form + curvature at the surface, 2 per ray": ["curvature_loss_weight=5e-3", "curvature_points=surface"],
     "numerical + curvature, all rays": ["curvature_loss_weight=5e-3", "networks.gradient=numerical"],
+    "closed form + curvature at the surface + grid smoothness": [
+        "curvature_loss_weight=5e-3", "curvature_points=surface", "grid_smoothness_loss_weight=1e-3"
+    ],
 }
 
 

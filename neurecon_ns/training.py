@@ -106,7 +106,7 @@ def has_hash_grid(config: TrainerConfig) -> bool:
 def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
     """The CPU size of a hash-grid method, in place: the grid shrunk (the MLPs are already small), the torch grid
     with its closed-form SDF gradient, a 48^3 occupancy grid, 512 rays, the CPU size of the sampler, the mask
-    loss at 0.5 and the curvature loss at the surface, and every schedule fitted to `steps`.
+    loss at 0.5, the curvature loss at the surface and the grid smoothness term, and every schedule fitted to `steps`.
     `ns-train neus-fast --machine.device-type cpu` trains at this size (`SurfaceTrainerConfig.cpu_size`), and so
     do `neurecon demo` and the benchmarks.
 
@@ -114,7 +114,9 @@ def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
     per step than an MLP to see every cell. The two losses were chosen on DTU scan 65 and the DTU-scale building
     at 2400 steps (docs/benchmarks.md, "Real scan"): the mask loss at 0.5 rather than NeuS's 0.1 holds the
     silhouettes to the masks within the short schedule, and the curvature loss (6e-3 on each ray's two samples
-    of highest weight) halves the surface noise that the fine levels leave, for 12% more per step."""
+    of highest weight) halves the surface noise that the fine levels leave, for 12% more per step. The grid
+    smoothness term (1e-2 on the four coarse levels' vertices) was chosen on the real scan at 4800 steps of the
+    512-cell grid, where it lowers the surface noise from 4.42 to 3.13 degrees."""
     model = config.pipeline.model
     grid = model.networks.geometry.hash_grid
     _shrink_hash_grid(grid, steps)
@@ -125,6 +127,7 @@ def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
     if model.mask_loss_weight > 0:
         model.mask_loss_weight = 0.5
     model.curvature_loss_weight, model.curvature_points = 6e-3, "surface"
+    model.grid_smoothness_loss_weight = 1e-2
     _fit_common_to_cpu(config, steps, rays_per_batch=512)
 
 
@@ -186,16 +189,16 @@ def apply_model_settings(config: TrainerConfig, settings: Sequence[str]) -> None
 
 
 def _shrink_hash_grid(grid, steps: int) -> None:
-    """A grid a CPU can afford: 8 levels up to 256 cells per axis (a cell of 1/128 of the unit sphere's
-    diameter: 1.4 px at the object in a DTU scan at 400x300) in tables of 2^18 entries, which hold the coarse
-    half of the levels densely; the levels all switch on in the first half of the run. A grid up to 512 cells in
-    tables of 2^19 is measured against it in docs/benchmarks.md ("Real scan")."""
+    """A grid a CPU can afford: 8 levels up to 512 cells per axis (a cell of 1/256 of the unit sphere's diameter:
+    0.7 px at the object in a DTU scan at 400x300) in tables of 2^19 entries, which hold the coarse half of the
+    levels densely; the levels all switch on in the first quarter of the run, so that the fine ones get most of
+    it (docs/benchmarks.md, "Real scan", has the runs behind both choices)."""
     grid.num_levels = 8
-    grid.max_resolution = min(grid.max_resolution, 256)
-    grid.log2_hashmap_size = min(grid.log2_hashmap_size, 18)
+    grid.max_resolution = min(grid.max_resolution, 512)
+    grid.log2_hashmap_size = min(grid.log2_hashmap_size, 19)
     grid.initial_levels = min(grid.initial_levels, grid.num_levels)
     if grid.steps_per_level > 0:
-        grid.steps_per_level = max(1, steps // (2 * max(grid.num_levels - grid.initial_levels, 1)))
+        grid.steps_per_level = max(1, steps // (4 * max(grid.num_levels - grid.initial_levels, 1)))
 
 
 def _fit_schedules(config: TrainerConfig, steps: int) -> None:

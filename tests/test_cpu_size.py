@@ -14,12 +14,14 @@ def test_cpu_size_is_chosen_on_a_cpu_only_and_can_be_declined():
     registered = method_config("neus-fast")
     on_cpu = dataclasses.replace(registered, machine=MachineConfig(device_type="cpu"), max_num_iterations=2400)
     grid = on_cpu.pipeline.model.networks.geometry.hash_grid
-    assert (grid.num_levels, grid.max_resolution, grid.implementation) == (8, 256, "torch")
+    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.implementation) == (8, 512, 19, "torch")
+    assert grid.steps_per_level == 2400 // (4 * (8 - grid.initial_levels)), "every level on in the first quarter"
     assert on_cpu.pipeline.datamanager.train_num_rays_per_batch == 512
     assert on_cpu.pipeline.model.networks.gradient == "analytic"
     assert on_cpu.optimizers["fields"]["scheduler"].max_steps == 2400
     model = on_cpu.pipeline.model
     assert (model.mask_loss_weight, model.curvature_loss_weight, model.curvature_points) == (0.5, 6e-3, "surface")
+    assert model.grid_smoothness_loss_weight == 1e-2 and registered.pipeline.model.grid_smoothness_loss_weight == 0.0
     assert registered.pipeline.model.curvature_loss_weight == 0.0 and registered.pipeline.model.mask_loss_weight == 0.1
     assert registered.pipeline.model.networks.geometry.hash_grid.num_levels == 16, "the registered method is left as it is"
 
@@ -65,17 +67,15 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, 
     chosen = tyro.cli(AnnotatedBaseConfigUnion, args=numerical)
     assert chosen.pipeline.model.networks.gradient == "numerical"
     assert chosen.pipeline.model.networks.geometry.hash_grid.num_levels == 8
-    # README's finer grid for captures like the building: 512 cells in tables of 2^19 (the GPU preset's size), its
-    # levels on in the first quarter of the run
-    # (the CPU size alone would switch one level on every 4800 / 8 = 600 steps)
-    finer = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "4800", "--output-dir", str(tmp_path),
-             "--pipeline.model.networks.geometry.hash-grid.max-resolution", "512",
-             "--pipeline.model.networks.geometry.hash-grid.log2-hashmap-size", "19",
-             "--pipeline.model.networks.geometry.hash-grid.steps-per-level", "300"]
-    monkeypatch.setattr("sys.argv", ["ns-train", *finer])
-    grid = tyro.cli(AnnotatedBaseConfigUnion, args=finer).pipeline.model.networks.geometry.hash_grid
-    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.implementation) == (8, 512, 19, "torch")
-    assert grid.steps_per_level == 300
+    # README's real-scan command: 4000 iterations, the levels on by step 1000; the grid smoothness term can be
+    # switched off from the command line
+    real_scan = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "4000", "--output-dir", str(tmp_path),
+                 "--pipeline.model.grid-smoothness-loss-weight", "0"]
+    monkeypatch.setattr("sys.argv", ["ns-train", *real_scan])
+    parsed = tyro.cli(AnnotatedBaseConfigUnion, args=real_scan)
+    grid = parsed.pipeline.model.networks.geometry.hash_grid
+    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.steps_per_level) == (8, 512, 19, 250)
+    assert parsed.pipeline.model.grid_smoothness_loss_weight == 0.0
 
 
 def test_benchmark_settings_reach_the_model_the_trainer_and_the_optimizers():

@@ -60,7 +60,7 @@ class SurfaceTrainerConfig(TrainerConfig):
     stays at its peak."""
     cpu_size: bool = True
     """A hash-grid method (`neus-fast`) set up with `--machine.device-type cpu` trains at its CPU size: the grid
-    shrunk to 8 levels up to 256 cells, 512 rays, the closed-form SDF gradient of the torch grid, schedules fitted to
+    shrunk to 8 levels up to 512 cells, 512 rays, the closed-form SDF gradient of the torch grid, schedules fitted to
     `--max-num-iterations` (`training.fit_hash_grid_method_to_cpu`). False keeps the GPU size."""
 
     def __post_init__(self) -> None:
@@ -85,7 +85,7 @@ class SurfaceTrainerConfig(TrainerConfig):
         CONSOLE.print(
             f"{self.method_name} on a CPU: training at the CPU size ({grid.num_levels}-level grid up to "
             f"{grid.max_resolution} cells, {rays} rays, "
-            f"closed-form SDF gradient, curvature loss at the surface, schedules over {self.max_num_iterations} "
+            f"closed-form SDF gradient, curvature loss at the surface, grid smoothness, schedules over {self.max_num_iterations} "
             "steps); pass --cpu-size False to keep the GPU size."
         )
 
