@@ -152,9 +152,9 @@ class SurfaceModelConfig(ModelConfig):
     grid_smoothness_loss_weight: float = 0.0
     """Weight of the grid smoothness term: the squared second differences of the features at the vertices of the
     hash grid's `grid_smoothness_levels` coarsest levels, summed over the axes, a mean per level
-    (`MultiResolutionGrid.second_difference_energy`); 0 disables it. Trilinear interpolation turns those second
-    differences into creases of the SDF along the levels' cell faces, which no loss on the samples' own cells
-    sees (`benchmarks/grid_facets.py` measures them). Torch grid only."""
+    (`MultiResolutionGrid.second_difference_energy`); 0 disables it. Trilinear interpolation turns a level's
+    second differences into jumps of the features' slope at its cell faces. On the real scan it lowers the
+    surface noise (docs/benchmarks.md, "Real scan"). Torch grid only."""
     grid_smoothness_levels: int = 4
     """How many of the grid's coarsest levels the smoothness term reads (densely indexed levels only)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
