@@ -283,13 +283,14 @@ def test_curvature_loss_is_off_by_default_and_costs_nothing(small_scene, tmp_pat
 def test_curvature_loss_under_half_precision_takes_no_host_sync(gradient, small_scene, tmp_path):
     """A training step's model work with the curvature loss on, under CUDA's half-precision rules on the GPU path:
     a finite float32 loss, finite parameter gradients, and no host sync (the schedule's step `h` stays a tensor on
-    the device)."""
+    the device; the grid smoothness term slices the table by Python ints)."""
     config = small_cpu_config(method_config("neus-fast"), small_scene.output_dir, tmp_path, 40, rays_per_batch=32)
     model_config = config.pipeline.model
     model_config.networks.gradient = gradient
     model_config.curvature_loss_weight, model_config.curvature_num_rays = 1e-2, 8
     grid = model_config.networks.geometry.hash_grid
-    grid.num_levels, grid.max_resolution, grid.log2_hashmap_size = 4, 64, 12
+    grid.num_levels, grid.max_resolution, grid.log2_hashmap_size = 4, 64, 13  # the 16-cell level dense
+    assert model_config.grid_smoothness_loss_weight > 0, "the CPU size's grid smoothness term is in the step too"
     torch.manual_seed(0)
     trainer = setup_trainer(config)
     model = trainer.pipeline.model
@@ -308,6 +309,7 @@ def test_curvature_loss_under_half_precision_takes_no_host_sync(gradient, small_
     curvature = loss_dict["curvature_loss"]
     assert curvature.dtype == torch.float32 and torch.isfinite(curvature) and curvature > 0
     assert outputs["laplacians"].dtype == torch.float32
+    assert loss_dict["grid_smoothness_loss"].dtype == torch.float32 and loss_dict["grid_smoothness_loss"] > 0
     for name, parameter in model.named_parameters():
         assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
 

@@ -188,6 +188,9 @@ class MultiResolutionGrid(nn.Module):
         self.register_buffer("level_offsets", offsets, persistent=False)
         self.register_buffer("strides", strides, persistent=False)
         self.register_buffer("dense_corner_rows", dense_corner_rows + offsets, persistent=False)  # [8, L]
+        # (side, first row) of each dense level as Python ints: the smoothness term slices the table with them
+        # without reading a device buffer on the host
+        self.dense_levels = [(int(side), int(start)) for side, start in zip(strides[: self.num_dense], offsets[: self.num_dense])]
         self.table = nn.Parameter((torch.rand(sum(sizes), features_per_level) * 2 - 1) * init_scale)
 
     def corner_rows(self, lowest: Tensor) -> Tensor:
@@ -212,11 +215,10 @@ class MultiResolutionGrid(nn.Module):
         """`SecondDifferenceEnergy` of the first `num_levels` levels (dense ones only): how far each level's
         features are from varying linearly across its cells. Trilinear interpolation turns a level's second
         differences into jumps of the features' slope at its cell faces."""
-        num_levels = min(num_levels, self.num_dense)
-        if num_levels == 0:
+        levels = self.dense_levels[:num_levels]
+        if not levels:
             return self.table.new_zeros(())
-        sides = tuple(int(side) for side in self.strides[:num_levels])
-        starts = tuple(int(start) for start in self.level_offsets[:num_levels])
+        sides, starts = zip(*levels)
         return SecondDifferenceEnergy.apply(self.table, sides, starts)
 
     def forward(self, unit_points: Float[Tensor, "num_points 3"]) -> Float[Tensor, "num_points num_features"]:
