@@ -1,15 +1,16 @@
 """CPU time of a training step of `neus-fast` at its CPU size with each way of getting the SDF's derivatives.
 
-Variants (each a set of `--set`-style model settings on top of `training.small_cpu_config`):
+Variants (each a set of `--set`-style model settings on top of `training.small_cpu_config`; the first five without
+the CPU size's grid smoothness term):
 
 - closed-form gradient, no curvature loss;
 - closed-form gradient, curvature loss on the samples of 64 or 128 of the 512 rays (seven level queries each);
 - closed-form gradient, curvature loss at the surface: the two samples of highest weight on each of the 512 rays;
 - central differences (numerical gradient) for every sample, whose seven values also give every Laplacian;
-- the curvature loss at the surface and the grid smoothness term on the coarse levels' vertices.
+- the CPU size itself: the curvature loss at the surface and the grid smoothness term on the coarse levels' vertices.
 
-One trainer per variant on the 96x96 composite object, all set to the same mid-run step (5 of 8 levels active at
-a 2400-step schedule); their steps are taken in turn, round after round, and each step's CPU time
+One trainer per variant on the 96x96 composite object, all set to the same mid-run step (6 of 8 levels active at
+step 400 of a 2400-step schedule); their steps are taken in turn, round after round, and each step's CPU time
 (`time.process_time`, one torch thread) is kept, so that other jobs on a shared machine change the wall clock but
 hardly the numbers. The first two rounds are left out (allocation, first occupancy-grid refresh).
 
@@ -34,7 +35,7 @@ from neurecon_ns.training import apply_model_settings, method_config, run_iterat
 
 GRID = "networks.geometry.hash_grid"
 GRID_VARIANTS = {
-    f"grid up to {cells} cells, tables of 2^{log2_size}" + (" (CPU size)" if (cells, log2_size) == (256, 18) else ""): [
+    f"grid up to {cells} cells, tables of 2^{log2_size}" + (" (CPU size)" if (cells, log2_size) == (512, 19) else ""): [
         f"{GRID}.max_resolution={cells}",
         f"{GRID}.log2_hashmap_size={log2_size}",
     ]
@@ -42,15 +43,14 @@ GRID_VARIANTS = {
 }
 """`--compare grid`: the CPU size's curvature loss and gradient, with the grid's finest level and table size varied."""
 
+NO_SMOOTHNESS = "grid_smoothness_loss_weight=0.0"
 VARIANTS = {
-    "closed form": ["curvature_loss_weight=0.0"],
-    "closed form + curvature, 64 rays": ["curvature_loss_weight=5e-3", "curvature_num_rays=64"],
-    "closed form + curvature, 128 rays": ["curvature_loss_weight=5e-3", "curvature_num_rays=128"],
-    "closed form + curvature at the surface, 2 per ray": ["curvature_loss_weight=5e-3", "curvature_points=surface"],
-    "numerical + curvature, all rays": ["curvature_loss_weight=5e-3", "networks.gradient=numerical"],
-    "closed form + curvature at the surface + grid smoothness": [
-        "curvature_loss_weight=5e-3", "curvature_points=surface", "grid_smoothness_loss_weight=1e-3"
-    ],
+    "closed form": ["curvature_loss_weight=0.0", NO_SMOOTHNESS],
+    "closed form + curvature, 64 rays": ["curvature_loss_weight=5e-3", "curvature_num_rays=64", NO_SMOOTHNESS],
+    "closed form + curvature, 128 rays": ["curvature_loss_weight=5e-3", "curvature_num_rays=128", NO_SMOOTHNESS],
+    "closed form + curvature at the surface, 2 per ray": ["curvature_loss_weight=5e-3", "curvature_points=surface", NO_SMOOTHNESS],
+    "numerical + curvature, all rays": ["curvature_loss_weight=5e-3", "networks.gradient=numerical", NO_SMOOTHNESS],
+    "closed form + curvature at the surface + grid smoothness (CPU size)": [],
 }
 
 
