@@ -185,10 +185,9 @@ def test_second_difference_energy_is_zero_for_linear_features_and_exact_for_a_qu
     assert float(grid.second_difference_energy(3).detach()) == float(grid.second_difference_energy(2).detach())  # the hashed level is not read
 
 
-def test_grid_smoothness_takes_away_the_creases_at_a_levels_cell_faces():
-    """Minimising the second differences of a rough coarse level makes its features' slope continuous across a
-    cell face (the creases `benchmarks/grid_facets.py` finds on trained surfaces), and moves the features by less
-    than their spread."""
+def test_grid_smoothness_makes_a_levels_feature_slopes_continuous_across_its_cell_faces():
+    """Minimising the second differences of a rough level takes away most of the jump of its features' slope at a
+    cell face, and moves the features by less than their spread."""
     torch.manual_seed(0)
     grid = MultiResolutionGrid([8], features_per_level=2, log2_table_size=12, init_scale=1.0)
     face = 0.5  # a face of the 8-cell level along x
