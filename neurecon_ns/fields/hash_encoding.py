@@ -361,7 +361,7 @@ class ProgressiveHashEncoding(nn.Module):
     def coarse_level_roughness(self, num_levels: int) -> Float[Tensor, ""]:
         """`MultiResolutionGrid.second_difference_energy` of the coarsest `num_levels` levels (torch grid only:
         tiny-cuda-nn lays its levels out in its own order)."""
-        if not isinstance(self.grids, MultiResolutionGrid):
+        if self.backend != "torch":
             raise TypeError("the grid smoothness term reads the torch grid's tables; tiny-cuda-nn's are laid out in its own order")
         return self.grids.second_difference_energy(num_levels)
 
