@@ -18,10 +18,11 @@ from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConf
 from neurecon_ns.model_components.occupancy_grid import SurfaceOccupancyGrid
 
 
-def test_grid_matches_the_level_by_level_reference():
+@pytest.mark.parametrize("quadratic_levels", [0, 2])
+def test_grid_matches_the_level_by_level_reference(quadratic_levels):
     torch.manual_seed(0)
     # coarse levels fit the table densely, fine ones are hashed
-    grid = MultiResolutionGrid([4, 9, 30, 77], features_per_level=2, log2_table_size=12, init_scale=1.0)
+    grid = MultiResolutionGrid([4, 9, 30, 77], features_per_level=2, log2_table_size=12, init_scale=1.0, quadratic_levels=quadratic_levels)
     assert grid.hashed.tolist() == [False, False, True, True]
     points = torch.rand(500, 3)
     points[:5] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.25, 1.0], [1.0, 0.0, 0.3], [0.999999, 0.0, 0.0]])
@@ -42,9 +43,10 @@ def test_corner_interpolation_has_the_gradients_of_its_sum():
         assert torch.allclose(sums, torch.einsum("cb,cbf->bf", weights, table[rows]))
 
 
-def test_grid_jacobian_is_the_derivative_of_its_features():
+@pytest.mark.parametrize("quadratic_levels", [0, 2])
+def test_grid_jacobian_is_the_derivative_of_its_features(quadratic_levels):
     torch.manual_seed(0)
-    grid = MultiResolutionGrid([4, 9, 30, 77], features_per_level=2, log2_table_size=12, init_scale=1.0).double()
+    grid = MultiResolutionGrid([4, 9, 30, 77], features_per_level=2, log2_table_size=12, init_scale=1.0, quadratic_levels=quadratic_levels).double()
     points = (torch.rand(40, 3, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
     features, jacobian = grid.forward_with_jacobian(points)
     by_autograd = torch.stack([torch.autograd.grad(features[:, i].sum(), points, retain_graph=True)[0] for i in range(features.shape[1])], dim=1)
@@ -63,6 +65,46 @@ def test_grid_is_trilinear_between_vertices():
     vertex = torch.tensor([2, 4, 5])
     row = (vertex[0] * stride + vertex[1]) * stride + vertex[2]
     assert torch.allclose(grid(start)[0], grid.table[row], atol=1e-6)
+
+
+def test_quadratic_levels_have_slopes_continuous_across_cell_faces_where_trilinear_ones_jump():
+    torch.manual_seed(0)
+    trilinear = MultiResolutionGrid([8], features_per_level=2, log2_table_size=12, init_scale=1.0).double()
+    quadratic = MultiResolutionGrid([8], features_per_level=2, log2_table_size=12, quadratic_levels=1).double()
+    quadratic.load_state_dict(trilinear.state_dict())
+    # across a cell face (x = 3/8) and across a cell centre (x = 7/16, where the spline's pieces meet)
+    for crossing in (3 / 8, 7 / 16):
+        below, above = torch.rand(100, 3, dtype=torch.float64) * 0.6 + 0.2, torch.zeros(100, 3, dtype=torch.float64)
+        below[:, 0] = crossing - 1e-7
+        above[:] = below
+        above[:, 0] = crossing + 1e-7
+        for grid, continuous in ((quadratic, True), (trilinear, crossing != 3 / 8)):
+            slope_jump = (grid.forward_with_jacobian(above)[1] - grid.forward_with_jacobian(below)[1]).abs().max()
+            assert (float(slope_jump) < 1e-4) == continuous, (crossing, continuous, float(slope_jump))
+
+
+def test_quadratic_levels_reproduce_linear_features():
+    """Features linear in the vertex index read back as the same linear function of the point inside the grid
+    (the spline is a smoothing of the vertex values, not a shift of them)."""
+    grid = MultiResolutionGrid([8], features_per_level=2, log2_table_size=12, quadratic_levels=1).double()
+    with torch.no_grad():
+        grid.table[:] = torch.stack([vertex_coordinates(8).double() @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), torch.ones(9**3, dtype=torch.float64)], dim=-1)
+    points = torch.rand(300, 3, dtype=torch.float64) * 0.75 + 0.125  # half a cell or more from the faces: no clamped vertex
+    expected = (points * 8) @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    assert torch.allclose(grid(points)[:, 0], expected, atol=1e-10) and torch.allclose(grid(points)[:, 1], torch.ones(300, dtype=torch.float64))
+
+
+def test_quadratic_levels_the_grid_cannot_hold_are_refused_in_one_sentence(monkeypatch):
+    from nerfstudio.field_components import encodings
+
+    from neurecon_ns.errors import UserInputError
+
+    too_many = HashGridConfig(num_levels=4, min_resolution=8, max_resolution=64, log2_hashmap_size=13, quadratic_levels=3, implementation="torch")
+    with pytest.raises(UserInputError, match="only its 2 coarsest levels densely: set it to at most 2"):
+        ProgressiveHashEncoding(too_many)
+    monkeypatch.setattr(encodings, "TCNN_EXISTS", True)  # as on a machine with tiny-cuda-nn
+    with pytest.raises(UserInputError, match="implementation torch"):
+        ProgressiveHashEncoding(HashGridConfig(quadratic_levels=1))
 
 
 def test_progressive_levels_switch_features_on_coarse_to_fine():

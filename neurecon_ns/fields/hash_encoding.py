@@ -47,6 +47,10 @@ class HashGridConfig:
     """Training steps between two level activations (0: every level active from the start)."""
     implementation: Literal["tcnn", "torch"] = "tcnn"
     """tiny-cuda-nn when installed (falls back to torch otherwise), or torch."""
+    quadratic_levels: int = 0
+    """Coarsest levels read through quadratic B-splines (3x3x3 vertices per point, slopes continuous across cell
+    faces) in place of trilinear interpolation, whose slope jumps at the cell faces show as creases in the
+    surface. Torch grid and densely stored levels only."""
 
 
 CORNER_OFFSETS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
@@ -59,8 +63,21 @@ HASH_PRIMES = (1, 2654435761, 805459861)
 def corner_products(x_pair: Tensor, y_pair: Tensor, z_pair: Tensor) -> Tensor:
     """Per-axis pairs `[2, *shape]` (the two values at a cell's low and high side) -> the 8 corner products
     `[8, *shape]` in `CORNER_OFFSETS` order. The corner index leads so that every product runs over the long
-    point axis, not over a trailing axis of 2 (as slow as a loop on a CPU)."""
+    point axis, not over a trailing axis of 2 (as slow as a loop on a CPU). Per-axis triples give the 27
+    products of a quadratic B-spline's vertices the same way."""
     return (x_pair[:, None, None] * y_pair[None, :, None] * z_pair[None, None, :]).flatten(0, 2)
+
+
+def quadratic_bspline_weights(offset: Tensor) -> Tensor:
+    """Uniform quadratic B-spline along one axis at `offset` in [-1/2, 1/2] from the nearest vertex `j`: the weights
+    `[3, *shape]` of vertices `j - 1, j, j + 1`. They sum to 1 and reproduce linear functions; their slopes are
+    continuous everywhere (the pieces meet at the cell centres, where `offset` jumps from 1/2 to -1/2)."""
+    return torch.stack([(0.5 - offset).square() * 0.5, 0.75 - offset.square(), (0.5 + offset).square() * 0.5])
+
+
+def quadratic_bspline_slopes(offset: Tensor) -> Tensor:
+    """d/d offset of `quadratic_bspline_weights`: `[3, *shape]`."""
+    return torch.stack([offset - 0.5, -2.0 * offset, offset + 0.5])
 
 
 class InterpolateCorners(torch.autograd.Function):
@@ -169,7 +186,14 @@ class MultiResolutionGrid(nn.Module):
     makes the grid usable on a CPU.
     """
 
-    def __init__(self, resolutions: List[int], features_per_level: int, log2_table_size: int, init_scale: float = 1e-4):
+    def __init__(
+        self,
+        resolutions: List[int],
+        features_per_level: int,
+        log2_table_size: int,
+        init_scale: float = 1e-4,
+        quadratic_levels: int = 0,
+    ):
         super().__init__()
         if list(resolutions) != sorted(resolutions):
             raise ValueError(f"grid resolutions must grow from level to level, got {resolutions}")
@@ -178,6 +202,12 @@ class MultiResolutionGrid(nn.Module):
         sizes = [min(count, table_size) for count in vertices]
         self.table_size = table_size
         self.num_dense = sum(count <= table_size for count in vertices)
+        if not 0 <= quadratic_levels <= self.num_dense:
+            raise ValueError(
+                f"quadratic_levels={quadratic_levels}: only the {self.num_dense} densely stored levels of this grid "
+                f"(resolutions {resolutions}, 2^{log2_table_size} rows per level) can be read through B-splines"
+            )
+        self.num_quadratic = quadratic_levels
         offsets = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)
         strides = torch.tensor(resolutions, dtype=torch.long) + 1
         # dense level: row of corner (i, j, k) = row of the lowest vertex + (i * stride + j) * stride + k
@@ -193,22 +223,23 @@ class MultiResolutionGrid(nn.Module):
         self.dense_levels = [(int(side), int(start)) for side, start in zip(strides[: self.num_dense], offsets[: self.num_dense])]
         self.table = nn.Parameter((torch.rand(sum(sizes), features_per_level) * 2 - 1) * init_scale)
 
-    def corner_rows(self, lowest: Tensor) -> Tensor:
-        """Table rows of the 8 corners of the cells whose lowest vertices are `lowest` `[3, L, N]` -> `[8, L, N]`."""
+    def corner_rows(self, lowest: Tensor, first_level: int = 0) -> Tensor:
+        """Table rows of the 8 corners of the cells whose lowest vertices are `lowest` `[3, L', N]`, at the levels
+        from `first_level` on -> `[8, L', N]`."""
         rows = []
-        num_dense = self.num_dense
+        num_dense = self.num_dense - first_level
         if num_dense > 0:
             x, y, z = lowest[:, :num_dense]
-            stride = self.strides[:num_dense, None]
+            stride = self.strides[first_level : self.num_dense, None]
             lowest_row = (x * stride + y) * stride + z  # [Ld, N]
-            rows.append(lowest_row + self.dense_corner_rows[:, :num_dense, None])
+            rows.append(lowest_row + self.dense_corner_rows[:, first_level : self.num_dense, None])
         if num_dense < lowest.shape[1]:
-            vertex = lowest[:, num_dense:]
+            vertex = lowest[:, max(num_dense, 0) :]
             # per axis, the hash terms of the two values the corner coordinate takes: [2, Lh, N]
             x_terms, y_terms, z_terms = (torch.stack([vertex[axis], vertex[axis] + 1]) * prime for axis, prime in enumerate(HASH_PRIMES))
             hashed = (x_terms[:, None, None] ^ y_terms[None, :, None] ^ z_terms[None, None, :]).flatten(0, 2)
             # the table size is a power of two: the modulo is a mask
-            rows.append((hashed & (self.table_size - 1)) + self.level_offsets[num_dense:, None])
+            rows.append((hashed & (self.table_size - 1)) + self.level_offsets[self.num_dense :, None])
         return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
 
     def second_difference_energy(self, num_levels: int) -> Float[Tensor, ""]:
@@ -247,27 +278,61 @@ class MultiResolutionGrid(nn.Module):
     def _features_and_jacobian(
         self, unit_points: Float[Tensor, "num_points 3"], with_jacobian: bool
     ) -> Tuple[Float[Tensor, "num_points num_features"], Optional[Float[Tensor, "num_points num_features 3"]]]:
-        num_points, num_levels = unit_points.shape[0], self.resolutions.shape[0]
-        resolutions = self.resolutions[:, None]  # [L, 1]
-        scaled = unit_points.T[:, None, :] * resolutions  # [3, L, N]
-        lowest = torch.floor(scaled).clamp(max=resolutions - 1)
-        fraction = scaled - lowest  # [3, L, N], in [0, 1]
-        # per axis, the trilinear factors of the low and high corner: (1 - fraction, fraction)
-        pairs = [torch.stack([1.0 - fraction[axis], fraction[axis]]) for axis in range(3)]  # 3 x [2, L, N]
-        weight_sets = [corner_products(*pairs)]
-        if with_jacobian:
-            # d/d axis of a corner's weight: that axis' pair becomes (-1, 1), times the cells per unit
-            slope = torch.stack([-resolutions, resolutions]).expand_as(pairs[0])
-            weight_sets += [corner_products(*[slope if axis == wrt else pair for axis, pair in enumerate(pairs)]) for wrt in range(3)]
-        weight_sets = [weights.to(self.table.dtype).flatten(1) for weights in weight_sets]
-        sums = InterpolateCorners.apply(self.table, self.corner_rows(lowest.long()).flatten(1), *weight_sets)
-        # level-major sums [L * N, F] -> point-major [N, L, F]
-        sums = [level_sums.view(num_levels, num_points, -1).transpose(0, 1) for level_sums in sums]
+        num_points, num_quadratic = unit_points.shape[0], self.num_quadratic
+        scaled = unit_points.T[:, None, :] * self.resolutions[:, None]  # [3, L, N], in cells of each level
+        pieces = []  # (levels, rows [K, levels, N], weight sets [K, levels, N]) of the B-spline and trilinear levels
+        if num_quadratic > 0:
+            pieces.append((num_quadratic, *self._quadratic_rows_and_weights(scaled[:, :num_quadratic], with_jacobian)))
+        if num_quadratic < scaled.shape[1]:
+            pieces.append((scaled.shape[1] - num_quadratic, *self._trilinear_rows_and_weights(scaled[:, num_quadratic:], with_jacobian)))
+        per_piece = []
+        for num_levels, rows, weight_sets in pieces:
+            weight_sets = [weights.to(self.table.dtype).flatten(1) for weights in weight_sets]
+            sums = InterpolateCorners.apply(self.table, rows.flatten(1), *weight_sets)
+            # level-major sums [L * N, F] -> point-major [N, L, F]
+            per_piece.append([level_sums.view(num_levels, num_points, -1).transpose(0, 1) for level_sums in sums])
+        sums = [torch.cat(parts, dim=1) for parts in zip(*per_piece)] if len(per_piece) > 1 else per_piece[0]
         features = sums[0].flatten(1)
         if not with_jacobian:
             return features, None
         jacobian = torch.stack(sums[1:], dim=-1).flatten(1, 2)  # [N, L * F, 3]
         return features, jacobian
+
+    def _trilinear_rows_and_weights(self, scaled: Tensor, with_jacobian: bool) -> Tuple[Tensor, List[Tensor]]:
+        """The 8 corner rows `[8, L', N]` of the cells holding `scaled` `[3, L', N]` (the last `L'` levels) and the
+        trilinear weights, followed by their derivatives along x, y and z when asked."""
+        first_level = self.resolutions.shape[0] - scaled.shape[1]
+        resolutions = self.resolutions[first_level:, None]  # [L', 1]
+        lowest = torch.floor(scaled).clamp(max=resolutions - 1)
+        fraction = scaled - lowest  # [3, L', N], in [0, 1]
+        # per axis, the trilinear factors of the low and high corner: (1 - fraction, fraction)
+        pairs = [torch.stack([1.0 - fraction[axis], fraction[axis]]) for axis in range(3)]  # 3 x [2, L', N]
+        weight_sets = [corner_products(*pairs)]
+        if with_jacobian:
+            # d/d axis of a corner's weight: that axis' pair becomes (-1, 1), times the cells per unit
+            slope = torch.stack([-resolutions, resolutions]).expand_as(pairs[0])
+            weight_sets += [corner_products(*[slope if axis == wrt else pair for axis, pair in enumerate(pairs)]) for wrt in range(3)]
+        return self.corner_rows(lowest.long(), first_level), weight_sets
+
+    def _quadratic_rows_and_weights(self, scaled: Tensor, with_jacobian: bool) -> Tuple[Tensor, List[Tensor]]:
+        """The 27 rows `[27, L', N]` of the vertices around the nearest one to `scaled` `[3, L', N]` (the first `L'`
+        levels, all dense) and their quadratic B-spline weights, followed by their derivatives when asked. Vertices
+        beyond the grid's faces read the face's vertex (the spline is C1 inside the cube)."""
+        num_levels = scaled.shape[1]
+        resolutions = self.resolutions[:num_levels, None]  # [L', 1]
+        nearest = torch.floor(scaled + 0.5)
+        offset = scaled - nearest  # [3, L', N], in [-1/2, 1/2]
+        stride = self.strides[:num_levels, None]
+        vertex = (nearest.long()[:, None] + torch.arange(-1, 2, device=scaled.device)[:, None, None])  # [3, 3, L', N]
+        x, y, z = torch.minimum(vertex.clamp(min=0), stride - 1)
+        rows = ((x[:, None, None] * stride + y[None, :, None]) * stride + z[None, None, :]).flatten(0, 2)
+        rows = rows + self.level_offsets[:num_levels, None]
+        bases = [quadratic_bspline_weights(offset[axis]) for axis in range(3)]  # 3 x [3, L', N]
+        weight_sets = [corner_products(*bases)]
+        if with_jacobian:
+            slopes = [quadratic_bspline_slopes(offset[axis]) * resolutions for axis in range(3)]
+            weight_sets += [corner_products(*[slopes[axis] if axis == wrt else bases[axis] for axis in range(3)]) for wrt in range(3)]
+        return rows, weight_sets
 
 
 GRID_PARAMETER_KEYS = {"tcnn": "grids.tcnn_encoding.params", "torch": "grids.table"}
@@ -284,6 +349,8 @@ class ProgressiveHashEncoding(nn.Module):
         from nerfstudio.field_components.encodings import TCNN_EXISTS, HashEncoding
 
         self.config = config
+        if config.quadratic_levels > 0:
+            self._check_quadratic_levels_apply(use_tcnn=config.implementation == "tcnn" and TCNN_EXISTS)
         if config.implementation == "tcnn" and TCNN_EXISTS:
             self.grids: nn.Module = HashEncoding(
                 num_levels=config.num_levels,
@@ -295,7 +362,9 @@ class ProgressiveHashEncoding(nn.Module):
             )
         else:
             resolutions = [self.level_resolution(level) for level in range(config.num_levels)]
-            self.grids = MultiResolutionGrid(resolutions, config.features_per_level, config.log2_hashmap_size)
+            self.grids = MultiResolutionGrid(
+                resolutions, config.features_per_level, config.log2_hashmap_size, quadratic_levels=config.quadratic_levels
+            )
         initial = config.num_levels if config.steps_per_level <= 0 else min(config.initial_levels, config.num_levels)
         self.register_buffer("active_levels", torch.tensor(initial, dtype=torch.long))
         cell_sizes = [2.0 * config.bound / self.level_resolution(level) for level in range(config.num_levels)]
@@ -303,6 +372,25 @@ class ProgressiveHashEncoding(nn.Module):
 
     def get_out_dim(self) -> int:
         return 3 + self.config.num_levels * self.config.features_per_level
+
+    def _check_quadratic_levels_apply(self, use_tcnn: bool) -> None:
+        from neurecon_ns.errors import UserInputError
+
+        config = self.config
+        setting = "--pipeline.model.networks.geometry.hash-grid.quadratic-levels"
+        if use_tcnn:
+            raise UserInputError(
+                f"{setting} {config.quadratic_levels} reads the torch grid's tables, and tiny-cuda-nn builds this grid: "
+                "add --pipeline.model.networks.geometry.hash-grid.implementation torch, or set it to 0."
+            )
+        resolutions = [self.level_resolution(level) for level in range(config.num_levels)]
+        num_dense = sum((resolution + 1) ** 3 <= 2**config.log2_hashmap_size for resolution in resolutions)
+        if config.quadratic_levels > num_dense:
+            raise UserInputError(
+                f"{setting} is {config.quadratic_levels}, but this grid (resolutions {resolutions}, 2^{config.log2_hashmap_size} "
+                f"rows per level) stores only its {num_dense} coarsest level{'' if num_dense == 1 else 's'} densely: "
+                f"set it to at most {num_dense}."
+            )
 
     @property
     def backend(self) -> str:
@@ -387,14 +475,21 @@ class ProgressiveHashEncoding(nn.Module):
 
 
 def reference_grid_features(grid: MultiResolutionGrid, unit_points: Float[Tensor, "num_points 3"]) -> Tensor:
-    """`MultiResolutionGrid.forward` written out level by level and corner by corner (slow, for tests)."""
+    """`MultiResolutionGrid.forward` written out level by level and vertex by vertex (slow, for tests)."""
     per_level = []
     for level, resolution in enumerate(grid.resolutions.tolist()):
         level_features = torch.zeros(unit_points.shape[0], grid.table.shape[1], dtype=grid.table.dtype)
-        cell = torch.floor(unit_points * resolution).clamp(max=resolution - 1)
-        fraction = unit_points * resolution - cell
-        for corner in CORNER_OFFSETS.tolist():
-            vertex = cell.long() + torch.tensor(corner)
+        scaled = unit_points * resolution
+        if level < grid.num_quadratic:
+            # quadratic B-spline: vertices j - 1, j, j + 1 around the nearest one, clamped to the grid
+            base = torch.floor(scaled + 0.5) - 1
+            spline_offset = scaled - base - 1  # in [-1/2, 1/2]
+            neighbourhood = [[i, j, k] for i in range(3) for j in range(3) for k in range(3)]
+        else:
+            base = torch.floor(scaled).clamp(max=resolution - 1)
+            neighbourhood = CORNER_OFFSETS.tolist()
+        for corner in neighbourhood:
+            vertex = (base.long() + torch.tensor(corner)).clamp(0, int(resolution))
             if bool(grid.hashed[level]):
                 row = vertex[:, 0] * HASH_PRIMES[0]
                 row = torch.bitwise_xor(row, vertex[:, 1] * HASH_PRIMES[1])
@@ -403,9 +498,14 @@ def reference_grid_features(grid: MultiResolutionGrid, unit_points: Float[Tensor
                 stride = int(resolution) + 1
                 row = (vertex[:, 0] * stride + vertex[:, 1]) * stride + vertex[:, 2]
             row = row % grid.level_sizes[level] + grid.level_offsets[level]
-            weight = torch.ones(unit_points.shape[0])
+            weight = torch.ones(unit_points.shape[0], dtype=grid.table.dtype)
             for axis in range(3):
-                weight = weight * (fraction[:, axis] if corner[axis] else 1.0 - fraction[:, axis])
+                if level < grid.num_quadratic:
+                    u = spline_offset[:, axis]
+                    weight = weight * [(0.5 - u) ** 2 / 2, 0.75 - u**2, (0.5 + u) ** 2 / 2][corner[axis]]
+                else:
+                    fraction = scaled[:, axis] - base[:, axis]
+                    weight = weight * (fraction if corner[axis] else 1.0 - fraction)
             level_features += weight[:, None] * grid.table[row]
         per_level.append(level_features)
     return torch.cat(per_level, dim=-1)
