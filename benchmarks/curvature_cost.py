@@ -17,7 +17,8 @@ hardly the numbers. The first two rounds are left out (allocation, first occupan
     python benchmarks/curvature_cost.py --rounds 6
     python benchmarks/curvature_cost.py --compare grid --at-step 2000   # every level active
 
-`--compare grid` times the CPU size against other finest levels and table sizes of the grid instead.
+`--compare grid` times the CPU size against other finest levels and table sizes of the grid, and against its
+coarsest levels read through quadratic B-splines, instead.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ GRID_VARIANTS = {
     ]
     for cells, log2_size in ((256, 18), (512, 19), (512, 20), (512, 21))
 }
-"""`--compare grid`: the CPU size's curvature loss and gradient, with the grid's finest level and table size varied."""
+GRID_VARIANTS.update({
+    f"CPU size, {count} coarsest level{'s' if count > 1 else ''} quadratic": [f"{GRID}.quadratic_levels={count}"]
+    for count in (1, 2)
+})
+"""`--compare grid`: the CPU size's curvature loss and gradient, with the grid's finest level and table size varied,
+and with its coarsest levels read through quadratic B-splines (27 vertices per point and level in place of 8)."""
 
 NO_SMOOTHNESS = "grid_smoothness_loss_weight=0.0"
 VARIANTS = {
