@@ -104,19 +104,20 @@ def has_hash_grid(config: TrainerConfig) -> bool:
 
 
 def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
-    """The CPU size of a hash-grid method, in place: the grid shrunk (the MLPs are already small), the torch grid
-    with its closed-form SDF gradient, a 48^3 occupancy grid, 512 rays, the CPU size of the sampler, the mask
-    loss at 0.5, the curvature loss at the surface and the grid smoothness term, and every schedule fitted to `steps`.
-    `ns-train neus-fast --machine.device-type cpu` trains at this size (`SurfaceTrainerConfig.cpu_size`), and so
-    do `neurecon demo` and the benchmarks.
+    """The CPU size of a hash-grid method, in place: the grid shrunk (the MLPs are already small) with its coarsest
+    level read through quadratic B-splines, the torch grid with its closed-form SDF gradient, a 48^3 occupancy grid,
+    512 rays, the CPU size of the sampler, the mask loss at 0.5, the curvature loss at the surface and the grid
+    smoothness term, and every schedule fitted to `steps`. `ns-train neus-fast --machine.device-type cpu` trains at
+    this size (`SurfaceTrainerConfig.cpu_size`), and so do `neurecon demo` and the benchmarks.
 
     512 rays: each cell of a grid is trained only by the rays that pass through it, so a grid needs more rays
-    per step than an MLP to see every cell. The two losses were chosen on DTU scan 65 and the DTU-scale building
-    at 2400 steps (docs/benchmarks.md, "Real scan"): the mask loss at 0.5 rather than NeuS's 0.1 holds the
-    silhouettes to the masks within the short schedule, and the curvature loss (6e-3 on each ray's two samples
-    of highest weight) halves the surface noise that the fine levels leave, for 12% more per step. The grid
-    smoothness term (1e-2 on the four coarse levels' vertices) was chosen on the real scan at 4800 steps of the
-    512-cell grid, where it lowers the surface noise from 4.42 to 3.13 degrees."""
+    per step than an MLP to see every cell. The mask loss at 0.5 rather than NeuS's 0.1 holds the silhouettes to
+    the masks within a short schedule. The surface's smoothness comes from three parts, each chosen by runs on DTU
+    scan 65 and the DTU-scale building (docs/benchmarks.md, "Real scan"): the quadratic coarsest level takes away
+    the creases along its cell faces, the grid smoothness term (1e-2 on the four coarse levels' vertices) keeps
+    the coarse levels' features smooth, and the curvature loss (3e-3 on each ray's two samples of highest weight)
+    evens out what the fine levels leave; with the quadratic level a stronger curvature loss rounds the building's
+    edges and windows."""
     model = config.pipeline.model
     grid = model.networks.geometry.hash_grid
     _shrink_hash_grid(grid, steps)
@@ -126,7 +127,7 @@ def fit_hash_grid_method_to_cpu(config: TrainerConfig, steps: int) -> None:
     model.occupancy_grid_resolution = min(model.occupancy_grid_resolution, 48)
     if model.mask_loss_weight > 0:
         model.mask_loss_weight = 0.5
-    model.curvature_loss_weight, model.curvature_points = 6e-3, "surface"
+    model.curvature_loss_weight, model.curvature_points = 3e-3, "surface"
     model.grid_smoothness_loss_weight = 1e-2
     _fit_common_to_cpu(config, steps, rays_per_batch=512)
 
@@ -191,9 +192,11 @@ def apply_model_settings(config: TrainerConfig, settings: Sequence[str]) -> None
 def _shrink_hash_grid(grid, steps: int) -> None:
     """A grid a CPU can afford: 8 levels up to 512 cells per axis (a cell of 1/256 of the unit sphere's diameter:
     0.7 px at the object in a DTU scan at 400x300) in tables of 2^19 entries, which hold the coarse half of the
-    levels densely; the levels all switch on in the first quarter of the run, so that the fine ones get most of
-    it (docs/benchmarks.md, "Real scan", has the runs behind both choices)."""
+    levels densely, the coarsest read through quadratic B-splines; the levels all switch on in the first quarter
+    of the run, so that the fine ones get most of it (docs/benchmarks.md, "Real scan", has the runs behind these
+    choices)."""
     grid.num_levels = 8
+    grid.quadratic_levels = 1
     grid.max_resolution = min(grid.max_resolution, 512)
     grid.log2_hashmap_size = min(grid.log2_hashmap_size, 19)
     grid.initial_levels = min(grid.initial_levels, grid.num_levels)

@@ -15,12 +15,13 @@ def test_cpu_size_is_chosen_on_a_cpu_only_and_can_be_declined():
     on_cpu = dataclasses.replace(registered, machine=MachineConfig(device_type="cpu"), max_num_iterations=2400)
     grid = on_cpu.pipeline.model.networks.geometry.hash_grid
     assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.implementation) == (8, 512, 19, "torch")
+    assert grid.quadratic_levels == 1 and registered.pipeline.model.networks.geometry.hash_grid.quadratic_levels == 0
     assert grid.steps_per_level == 2400 // (4 * (8 - grid.initial_levels)), "every level on in the first quarter"
     assert on_cpu.pipeline.datamanager.train_num_rays_per_batch == 512
     assert on_cpu.pipeline.model.networks.gradient == "analytic"
     assert on_cpu.optimizers["fields"]["scheduler"].max_steps == 2400
     model = on_cpu.pipeline.model
-    assert (model.mask_loss_weight, model.curvature_loss_weight, model.curvature_points) == (0.5, 6e-3, "surface")
+    assert (model.mask_loss_weight, model.curvature_loss_weight, model.curvature_points) == (0.5, 3e-3, "surface")
     assert model.grid_smoothness_loss_weight == 1e-2 and registered.pipeline.model.grid_smoothness_loss_weight == 0.0
     assert registered.pipeline.model.curvature_loss_weight == 0.0 and registered.pipeline.model.mask_loss_weight == 0.1
     assert registered.pipeline.model.networks.geometry.hash_grid.num_levels == 16, "the registered method is left as it is"
@@ -57,7 +58,7 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, 
     # the CPU size's losses give way to the command line's, even where it repeats the preset's value
     own_mask = tyro.cli(AnnotatedBaseConfigUnion, args=[*args, "--pipeline.model.mask-loss-weight", "0.2"])
     assert own_mask.pipeline.model.mask_loss_weight == 0.2
-    assert own_mask.pipeline.model.curvature_loss_weight == 6e-3
+    assert own_mask.pipeline.model.curvature_loss_weight == 3e-3
     off = [*args, "--pipeline.model.curvature-loss-weight", "0"]
     monkeypatch.setattr("sys.argv", ["ns-train", *off])
     assert tyro.cli(AnnotatedBaseConfigUnion, args=off).pipeline.model.curvature_loss_weight == 0.0
@@ -67,15 +68,15 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, 
     chosen = tyro.cli(AnnotatedBaseConfigUnion, args=numerical)
     assert chosen.pipeline.model.networks.gradient == "numerical"
     assert chosen.pipeline.model.networks.geometry.hash_grid.num_levels == 8
-    # README's real-scan command: 4000 iterations, the levels on by step 1000; the grid smoothness term can be
-    # switched off from the command line
-    real_scan = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "4000", "--output-dir", str(tmp_path),
-                 "--pipeline.model.grid-smoothness-loss-weight", "0"]
+    # README's real-scan command: 4200 iterations, the levels on by step 1050; the grid smoothness term and the
+    # quadratic coarsest level can be switched off from the command line
+    real_scan = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "4200", "--output-dir", str(tmp_path),
+                 "--pipeline.model.grid-smoothness-loss-weight", "0", "--pipeline.model.networks.geometry.hash-grid.quadratic-levels", "0"]
     monkeypatch.setattr("sys.argv", ["ns-train", *real_scan])
     parsed = tyro.cli(AnnotatedBaseConfigUnion, args=real_scan)
     grid = parsed.pipeline.model.networks.geometry.hash_grid
-    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.steps_per_level) == (8, 512, 19, 250)
-    assert parsed.pipeline.model.grid_smoothness_loss_weight == 0.0
+    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.steps_per_level) == (8, 512, 19, 262)
+    assert parsed.pipeline.model.grid_smoothness_loss_weight == 0.0 and grid.quadratic_levels == 0
 
 
 def test_benchmark_settings_reach_the_model_the_trainer_and_the_optimizers():

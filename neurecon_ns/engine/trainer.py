@@ -82,9 +82,10 @@ class SurfaceTrainerConfig(TrainerConfig):
         self.optimizers = merge_unchanged(copy.deepcopy(self.optimizers), fitted.optimizers, preset.optimizers, given, "optimizers")
         grid = self.pipeline.model.networks.geometry.hash_grid
         rays = self.pipeline.datamanager.train_num_rays_per_batch
+        quadratic = f", the coarsest {grid.quadratic_levels} quadratic" if grid.quadratic_levels > 0 else ""
         CONSOLE.print(
             f"{self.method_name} on a CPU: training at the CPU size ({grid.num_levels}-level grid up to "
-            f"{grid.max_resolution} cells, {rays} rays, "
+            f"{grid.max_resolution} cells{quadratic}, {rays} rays, "
             f"closed-form SDF gradient, curvature loss at the surface, grid smoothness, schedules over {self.max_num_iterations} "
             "steps); pass --cpu-size False to keep the GPU size."
         )
