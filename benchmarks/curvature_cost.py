@@ -9,6 +9,8 @@ the CPU size's grid smoothness term):
 - central differences (numerical gradient) for every sample, whose seven values also give every Laplacian;
 - the CPU size itself: the curvature loss at the surface and the grid smoothness term on the coarse levels' vertices.
 
+Every variant reads the grid's coarsest level through quadratic B-splines, as the CPU size does.
+
 One trainer per variant on the 96x96 composite object, all set to the same mid-run step (6 of 8 levels active at
 step 400 of a 2400-step schedule); their steps are taken in turn, round after round, and each step's CPU time
 (`time.process_time`, one torch thread) is kept, so that other jobs on a shared machine change the wall clock but
@@ -17,8 +19,8 @@ hardly the numbers. The first two rounds are left out (allocation, first occupan
     python benchmarks/curvature_cost.py --rounds 6
     python benchmarks/curvature_cost.py --compare grid --at-step 2000   # every level active
 
-`--compare grid` times the CPU size against other finest levels and table sizes of the grid, and against its
-coarsest levels read through quadratic B-splines, instead.
+`--compare grid` times the CPU size against other finest levels and table sizes of the grid, and against none
+or two of its coarsest levels read through quadratic B-splines (the CPU size reads one), instead.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ GRID_VARIANTS = {
     for cells, log2_size in ((256, 18), (512, 19), (512, 20), (512, 21))
 }
 GRID_VARIANTS.update({
-    f"CPU size, {count} coarsest level{'s' if count > 1 else ''} quadratic": [f"{GRID}.quadratic_levels={count}"]
-    for count in (1, 2)
+    f"CPU size, {label}": [f"{GRID}.quadratic_levels={count}"]
+    for count, label in ((0, "every level trilinear"), (2, "2 coarsest levels quadratic"))
 })
-"""`--compare grid`: the CPU size's curvature loss and gradient, with the grid's finest level and table size varied,
-and with its coarsest levels read through quadratic B-splines (27 vertices per point and level in place of 8)."""
+"""`--compare grid`: the CPU size's curvature loss and gradient, with the grid's finest level and table size varied
+(the coarsest level quadratic, as the CPU size has it), and with none or two of its levels read through quadratic
+B-splines (27 vertices per point and level in place of 8)."""
 
 NO_SMOOTHNESS = "grid_smoothness_loss_weight=0.0"
 VARIANTS = {
