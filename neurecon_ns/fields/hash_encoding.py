@@ -7,7 +7,9 @@ in a table of at most `T` feature vectors: a level with `(N_l + 1)^3 <= T` verti
 a finer one through the spatial hash `(x * 1) xor (y * 2654435761) xor (z * 805459861) mod T`.
 With tiny-cuda-nn installed, its fused kernels (through nerfstudio's `HashEncoding`) evaluate the grids;
 otherwise `MultiResolutionGrid` below does, in plain torch, on any device: all levels and all 8 cell
-corners in one gather, which is what keeps it usable on a CPU.
+corners in one gather, which is what keeps it usable on a CPU. The torch grid can also read its coarsest
+levels through quadratic B-splines (27 vertices around the nearest one), whose slope, unlike the trilinear
+one, does not jump at the cell faces.
 
 Levels are switched on progressively (coarse to fine, as in Neuralangelo and instant-nsr-pl): features
 of levels not yet active are multiplied by 0, so early training fits the coarse shape before the
@@ -81,9 +83,10 @@ def quadratic_bspline_slopes(offset: Tensor) -> Tensor:
 
 
 class InterpolateCorners(torch.autograd.Function):
-    """`sum_c weights[c, b] * table[rows[c, b]]` for each set of weights: weighted sums of the 8 corner rows of
-    each cell `b` (a point at a level), in which the trilinear features and their derivatives along x, y and z
-    share the rows. Rows and weights come corner-major `[8, B]`, each sum goes out `[B, F]`.
+    """`sum_c weights[c, b] * table[rows[c, b]]` for each set of weights: weighted sums of the `C` vertex rows each
+    point at a level `b` reads (a cell's 8 corners, or the 27 vertices of a quadratic level), in which the features
+    and their derivatives along x, y and z share the rows. Rows and weights come vertex-major `[C, B]`, each sum
+    goes out `[B, F]`.
 
     Forward: `embedding_bag`, which reads a cell's corner rows and sums them in one pass, where an indexed copy
     `[B, 8, F]` followed by a product and a sum would write and read every corner row again. Backward: each
@@ -92,7 +95,7 @@ class InterpolateCorners(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table: Tensor, rows: Tensor, *weight_sets: Tensor) -> Tuple[Tensor, ...]:
-        # a bag per cell: its 8 corner rows, as int32 (a table holds far fewer than 2^31 rows): a CPU transposes
+        # a bag per point and level: its C vertex rows, as int32 (a table holds far fewer than 2^31 rows): a CPU transposes
         # int64 into int32 several times faster than into int64, and the gather reads half the bytes
         bags = torch.empty(rows.shape[::-1], dtype=torch.int32, device=rows.device).copy_(rows.T)
         sums = tuple(
@@ -108,7 +111,7 @@ class InterpolateCorners(torch.autograd.Function):
         grads_by_feature = [grad.T.contiguous() for grad in grads]  # [F, B] each
         grad_table = None
         if ctx.needs_input_grad[0]:
-            # [8, F, B]: each corner's share of each feature's gradient, summed over the weight sets in place
+            # [C, F, B]: each vertex's share of each feature's gradient, summed over the weight sets in place
             shares = weight_sets[0][:, None] * grads_by_feature[0][None]
             for weights, grad in zip(weight_sets[1:], grads_by_feature[1:]):
                 shares.addcmul_(weights[:, None], grad[None])
@@ -117,7 +120,7 @@ class InterpolateCorners(torch.autograd.Function):
             if table.shape[1] == 2 and table.device.type == "cpu" and not torch.is_grad_enabled():
                 # two features per row read as one complex number: one pass adds whole rows, where a pass per
                 # feature would scatter into the table's strided columns (docs/speed.md, "Hash grid")
-                shares_by_row = shares.permute(0, 2, 1).contiguous()  # [8, B, 2]
+                shares_by_row = shares.permute(0, 2, 1).contiguous()  # [C, B, 2]
                 torch.view_as_complex(grad_table).index_add_(0, flat_rows, torch.view_as_complex(shares_by_row).reshape(-1))
             else:
                 for feature in range(table.shape[1]):
@@ -176,7 +179,8 @@ class SecondDifferenceEnergy(torch.autograd.Function):
 
 
 class MultiResolutionGrid(nn.Module):
-    """Multi-resolution grid features in torch: `[0, 1]^3 -> [L * F]`, trilinear within each level.
+    """Multi-resolution grid features in torch: `[0, 1]^3 -> [L * F]`, trilinear within each level (the first
+    `quadratic_levels`, dense ones, through quadratic B-splines).
 
     Levels are ordered coarse to fine, so the densely indexed ones come first. The row of each of a
     cell's 8 corners is built from per-axis terms of its lowest vertex, never from 8 x 3 coordinates:
