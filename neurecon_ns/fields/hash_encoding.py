@@ -70,6 +70,11 @@ def corner_products(x_pair: Tensor, y_pair: Tensor, z_pair: Tensor) -> Tensor:
     return (x_pair[:, None, None] * y_pair[None, :, None] * z_pair[None, None, :]).flatten(0, 2)
 
 
+def count_dense_levels(resolutions: List[int], log2_table_size: int) -> int:
+    """How many of the levels (coarse to fine) have at most one vertex per table row, and are stored densely."""
+    return sum((resolution + 1) ** 3 <= 2**log2_table_size for resolution in resolutions)
+
+
 def quadratic_bspline_weights(offset: Tensor) -> Tensor:
     """Uniform quadratic B-spline along one axis at `offset` in [-1/2, 1/2] from the nearest vertex `j`: the weights
     `[3, *shape]` of vertices `j - 1, j, j + 1`. They sum to 1 and reproduce linear functions; their slopes are
@@ -205,7 +210,7 @@ class MultiResolutionGrid(nn.Module):
         vertices = [(resolution + 1) ** 3 for resolution in resolutions]
         sizes = [min(count, table_size) for count in vertices]
         self.table_size = table_size
-        self.num_dense = sum(count <= table_size for count in vertices)
+        self.num_dense = count_dense_levels(resolutions, log2_table_size)
         if not 0 <= quadratic_levels <= self.num_dense:
             raise ValueError(
                 f"quadratic_levels={quadratic_levels}: only the {self.num_dense} densely stored levels of this grid "
@@ -238,7 +243,7 @@ class MultiResolutionGrid(nn.Module):
             lowest_row = (x * stride + y) * stride + z  # [Ld, N]
             rows.append(lowest_row + self.dense_corner_rows[:, first_level : self.num_dense, None])
         if num_dense < lowest.shape[1]:
-            vertex = lowest[:, max(num_dense, 0) :]
+            vertex = lowest[:, num_dense:]
             # per axis, the hash terms of the two values the corner coordinate takes: [2, Lh, N]
             x_terms, y_terms, z_terms = (torch.stack([vertex[axis], vertex[axis] + 1]) * prime for axis, prime in enumerate(HASH_PRIMES))
             hashed = (x_terms[:, None, None] ^ y_terms[None, :, None] ^ z_terms[None, None, :]).flatten(0, 2)
@@ -388,7 +393,7 @@ class ProgressiveHashEncoding(nn.Module):
                 "add --pipeline.model.networks.geometry.hash-grid.implementation torch, or set it to 0."
             )
         resolutions = [self.level_resolution(level) for level in range(config.num_levels)]
-        num_dense = sum((resolution + 1) ** 3 <= 2**config.log2_hashmap_size for resolution in resolutions)
+        num_dense = count_dense_levels(resolutions, config.log2_hashmap_size)
         if config.quadratic_levels > num_dense:
             raise UserInputError(
                 f"{setting} is {config.quadratic_levels}, but this grid (resolutions {resolutions}, 2^{config.log2_hashmap_size} "
