@@ -46,7 +46,7 @@ def tiny_trainer(method: str, scene: Path, output_dir: Path):
     if method == "neus-fast":
         model.networks.gradient = "numerical"
         grid = model.networks.geometry.hash_grid
-        grid.num_levels, grid.max_resolution, grid.log2_hashmap_size = 4, 64, 12
+        grid.num_levels, grid.max_resolution, grid.log2_hashmap_size = 4, 64, 13  # the 16-cell level dense (quadratic)
     model.num_eikonal_uniform_points = min(model.num_eikonal_uniform_points, 64)
     model.background_network.hidden_dim, model.background_network.num_layers = 32, 2
     model.background_network.skip_layers = ()

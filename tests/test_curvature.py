@@ -253,8 +253,11 @@ def test_training_with_the_curvature_loss_gives_a_finite_loss_that_follows_its_s
         points = outputs["eikonal_points"].reshape(64, -1, 3)
         first_ray_heaviest = points[0, weights[0].argmax()]
         assert torch.allclose(outputs["curvature_points"][0], first_ray_heaviest)
-        expected_laplacian = model.field.get_laplacian(outputs["curvature_points"][:4].detach(), create_graph=False)
-        assert torch.allclose(outputs["laplacians"][:4].detach(), expected_laplacian, rtol=1e-3, atol=1e-2)
+        expected_laplacian = model.field.get_laplacian(outputs["curvature_points"][:4].detach(), create_graph=True).detach()
+        # equal up to the float32 rounding of the seven level values (about 1e-6 after the grid's and the network's
+        # sums) divided by h^2: the numerical gradient's pass gets them in another batch than this query
+        step = float(model.field.numerical_gradient_step())
+        assert torch.allclose(outputs["laplacians"][:4].detach(), expected_laplacian, rtol=1e-3, atol=max(1e-2, 2e-6 / step**2))
     else:
         assert torch.all(outputs["curvature_weights"] == 1.0)
     metrics = model.get_metrics_dict(outputs, batch)
