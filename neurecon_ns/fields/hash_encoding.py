@@ -358,8 +358,9 @@ class ProgressiveHashEncoding(nn.Module):
         from nerfstudio.field_components.encodings import TCNN_EXISTS, HashEncoding
 
         self.config = config
+        resolutions = [self.level_resolution(level) for level in range(config.num_levels)]
         if config.quadratic_levels > 0:
-            self._check_quadratic_levels_apply(use_tcnn=config.implementation == "tcnn" and TCNN_EXISTS)
+            self._check_quadratic_levels_apply(resolutions, use_tcnn=config.implementation == "tcnn" and TCNN_EXISTS)
         if config.implementation == "tcnn" and TCNN_EXISTS:
             self.grids: nn.Module = HashEncoding(
                 num_levels=config.num_levels,
@@ -370,7 +371,6 @@ class ProgressiveHashEncoding(nn.Module):
                 implementation="tcnn",
             )
         else:
-            resolutions = [self.level_resolution(level) for level in range(config.num_levels)]
             self.grids = MultiResolutionGrid(
                 resolutions, config.features_per_level, config.log2_hashmap_size, quadratic_levels=config.quadratic_levels
             )
@@ -382,7 +382,7 @@ class ProgressiveHashEncoding(nn.Module):
     def get_out_dim(self) -> int:
         return 3 + self.config.num_levels * self.config.features_per_level
 
-    def _check_quadratic_levels_apply(self, use_tcnn: bool) -> None:
+    def _check_quadratic_levels_apply(self, resolutions: List[int], use_tcnn: bool) -> None:
         from neurecon_ns.errors import UserInputError
 
         config = self.config
@@ -392,7 +392,6 @@ class ProgressiveHashEncoding(nn.Module):
                 f"{setting} {config.quadratic_levels} reads the torch grid's tables, and tiny-cuda-nn builds this grid: "
                 "add --pipeline.model.networks.geometry.hash-grid.implementation torch, or set it to 0."
             )
-        resolutions = [self.level_resolution(level) for level in range(config.num_levels)]
         num_dense = count_dense_levels(resolutions, config.log2_hashmap_size)
         if config.quadratic_levels > num_dense:
             raise UserInputError(
