@@ -11,7 +11,6 @@ full. Registered with nerfstudio through the `nerfstudio.method_configs` entry p
 from __future__ import annotations
 
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import (
     CosineDecaySchedulerConfig,
     ExponentialDecaySchedulerConfig,
@@ -22,6 +21,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from neurecon_ns.data.datamanager import SurfaceDataManagerConfig
 from neurecon_ns.data.neus_dataparser import NeusDataParserConfig
+from neurecon_ns.engine.optimizers import FusedAdamOptimizerConfig
 from neurecon_ns.engine.trainer import SurfaceTrainerConfig
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, RadianceNetworkConfig, SurfaceFieldConfig
 from neurecon_ns.model_components.samplers import NeuSSamplerConfig
@@ -31,7 +31,7 @@ from neurecon_ns.models.volsdf import VolSDFModelConfig
 
 # used only when --pipeline.model.camera-optimizer.mode is not "off"
 CAMERA_OPTIMIZER = {
-    "optimizer": AdamOptimizerConfig(lr=1e-4),
+    "optimizer": FusedAdamOptimizerConfig(lr=1e-4),
     "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-5, max_steps=100000),
 }
 
@@ -41,7 +41,7 @@ def neus_paper_optimizers() -> dict:
     the paper, for the variance."""
     def schedule() -> dict:
         return {
-            "optimizer": AdamOptimizerConfig(lr=5e-4),
+            "optimizer": FusedAdamOptimizerConfig(lr=5e-4),
             "scheduler": CosineDecaySchedulerConfig(warm_up_end=5000, learning_rate_alpha=0.05, max_steps=300000),
         }
 
@@ -97,7 +97,7 @@ unisurf_dtu = MethodSpecification(
         ),
         optimizers={
             "fields": {
-                "optimizer": AdamOptimizerConfig(lr=1e-4),
+                "optimizer": FusedAdamOptimizerConfig(lr=1e-4),
                 "scheduler": MultiStepSchedulerConfig(max_steps=450000, gamma=0.5, milestones=(200000, 400000)),
             },
             "camera_opt": CAMERA_OPTIMIZER,
@@ -121,7 +121,7 @@ volsdf_dtu = MethodSpecification(
         ),
         optimizers={
             "fields": {
-                "optimizer": AdamOptimizerConfig(lr=5e-4),
+                "optimizer": FusedAdamOptimizerConfig(lr=5e-4),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-5, max_steps=100000),
             },
             "camera_opt": CAMERA_OPTIMIZER,
@@ -173,7 +173,7 @@ volsdf_nerfpp = MethodSpecification(
         ),
         optimizers={
             "fields": {
-                "optimizer": AdamOptimizerConfig(lr=5e-4),
+                "optimizer": FusedAdamOptimizerConfig(lr=5e-4),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-5, max_steps=100000),
             },
             "camera_opt": CAMERA_OPTIMIZER,
@@ -214,11 +214,11 @@ neus_fast = MethodSpecification(
         ),
         optimizers={
             "fields": {
-                "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+                "optimizer": FusedAdamOptimizerConfig(lr=1e-2, eps=1e-15),
                 "scheduler": CosineDecaySchedulerConfig(warm_up_end=500, learning_rate_alpha=0.05, max_steps=20000),
             },
             "variance": {
-                "optimizer": AdamOptimizerConfig(lr=1e-3),
+                "optimizer": FusedAdamOptimizerConfig(lr=1e-3),
                 "scheduler": CosineDecaySchedulerConfig(warm_up_end=500, learning_rate_alpha=0.05, max_steps=20000),
             },
             "camera_opt": CAMERA_OPTIMIZER,
