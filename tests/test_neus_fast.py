@@ -12,6 +12,7 @@ from neurecon_ns.fields.hash_encoding import (
     MultiResolutionGrid,
     ProgressiveHashEncoding,
     SecondDifferenceEnergy,
+    interpolate_vertices,
     reference_grid_features,
 )
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
@@ -34,13 +35,22 @@ def test_corner_interpolation_has_the_gradients_of_its_sum():
     own backward (what autograd's double backward through the grid, the reference gradient path, runs)."""
     torch.manual_seed(0)
     table = torch.randn(50, 2, dtype=torch.float64, requires_grad=True)
-    rows = torch.randint(0, 50, (8, 7))  # 8 corners x 7 cells
-    rows[:, 0] = 3  # a cell whose corners share one row: their gradients add up
-    weight_sets = [torch.rand(8, 7, dtype=torch.float64, requires_grad=True) for _ in range(2)]
-    assert torch.autograd.gradcheck(InterpolateCorners.apply, (table, rows, *weight_sets))
-    assert torch.autograd.gradgradcheck(InterpolateCorners.apply, (table, rows, *weight_sets))
-    for weights, sums in zip(weight_sets, InterpolateCorners.apply(table, rows, *weight_sets)):
-        assert torch.allclose(sums, torch.einsum("cb,cbf->bf", weights, table[rows]))
+    # two parts, as a grid with quadratic and trilinear levels has: 27 vertices x 4 points, 8 corners x 7 cells
+    parts = []
+    for vertices, points in ((27, 4), (8, 7)):
+        rows = torch.randint(0, 50, (vertices, points))
+        rows[:, 0] = 3  # a point whose vertices share one row: their gradients add up
+        parts.append((rows, [torch.rand(vertices, points, dtype=torch.float64, requires_grad=True) for _ in range(2)]))
+    flat = [tensor for rows, weight_sets in parts for tensor in (rows, *weight_sets)]
+
+    def interpolate(table, *flat):
+        return InterpolateCorners.apply(table, 2, *flat)
+
+    assert torch.autograd.gradcheck(interpolate, (table, *flat))
+    assert torch.autograd.gradgradcheck(interpolate, (table, *flat))
+    for k, sums in enumerate(interpolate_vertices(table, parts)):
+        expected = torch.cat([torch.einsum("cb,cbf->bf", weight_sets[k], table[rows]) for rows, weight_sets in parts])
+        assert torch.allclose(sums, expected)
 
 
 @pytest.mark.parametrize("quadratic_levels", [0, 2])

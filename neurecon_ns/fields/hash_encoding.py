@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Tuple
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import torch
 from jaxtyping import Float
@@ -90,51 +90,101 @@ def quadratic_bspline_slopes(offset: Tensor) -> Tensor:
 class InterpolateCorners(torch.autograd.Function):
     """`sum_c weights[c, b] * table[rows[c, b]]` for each set of weights: weighted sums of the `C` vertex rows each
     point at a level `b` reads (a cell's 8 corners, or the 27 vertices of a quadratic level), in which the features
-    and their derivatives along x, y and z share the rows. Rows and weights come vertex-major `[C, B]`, each sum
-    goes out `[B, F]`.
+    and their derivatives along x, y and z share the rows. The input comes in parts of their own vertex count `C`
+    (the quadratic levels, then the trilinear ones), each as its rows followed by its `num_sets` weight sets, all
+    vertex-major `[C, B]`; each sum goes out `[B_1 + B_2 + ..., F]`, the parts' points one after the other.
 
-    Forward: `embedding_bag`, which reads a cell's corner rows and sums them in one pass, where an indexed copy
-    `[B, 8, F]` followed by a product and a sum would write and read every corner row again. Backward: each
-    corner's share `sum_k weights_k[c, b] * grad_k[b, f]` scattered into the table, and the weights' gradient
-    (the gathered rows against the output gradient) only when the points need one."""
+    Forward: one `embedding_bag` per weight set over every part, which reads a point's vertex rows and sums them in
+    one pass, where an indexed copy `[B, C, F]` followed by a product and a sum would write and read every row
+    again. Backward: each vertex's share `sum_k weights_k[c, b] * grad_k[b, f]` added into one table-sized
+    gradient, and the weights' gradient (the gathered rows against the output gradient) only when the points need
+    one."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, rows: Tensor, *weight_sets: Tensor) -> Tuple[Tensor, ...]:
-        # a bag per point and level: its C vertex rows, as int32 (a table holds far fewer than 2^31 rows): a CPU transposes
-        # int64 into int32 several times faster than into int64, and the gather reads half the bytes
-        bags = torch.empty(rows.shape[::-1], dtype=torch.int32, device=rows.device).copy_(rows.T)
+    def forward(ctx, table: Tensor, num_sets: int, *parts: Tensor) -> Tuple[Tensor, ...]:
+        rows_by_part, weights_by_part = _split_parts(parts, num_sets)
+        starts = _part_starts([rows.numel() for rows in rows_by_part])
+        # one bag per point and level: its C vertex rows, point-major, as int32 (a table holds far fewer than 2^31 rows):
+        # a CPU transposes int64 into int32 several times faster than into int64, and the gather reads half the bytes
+        bags = _point_major(rows_by_part, starts, torch.int32)
+        offsets = torch.cat([
+            start + torch.arange(0, rows.numel(), rows.shape[0], dtype=torch.int32, device=rows.device)
+            for start, rows in zip(starts, rows_by_part)
+        ])
         sums = tuple(
-            torch.nn.functional.embedding_bag(bags, table, per_sample_weights=weights.T.contiguous(), mode="sum")
-            for weights in weight_sets
+            torch.nn.functional.embedding_bag(
+                bags, table, offsets, mode="sum",
+                per_sample_weights=_point_major([weights[k] for weights in weights_by_part], starts, table.dtype),
+            )
+            for k in range(num_sets)
         )
-        ctx.save_for_backward(table, rows, *weight_sets)
+        ctx.num_sets = num_sets
+        ctx.save_for_backward(table, *parts)
         return sums
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        table, rows, *weight_sets = ctx.saved_tensors
-        grads_by_feature = [grad.T.contiguous() for grad in grads]  # [F, B] each
+        table, *parts = ctx.saved_tensors
+        rows_by_part, weights_by_part = _split_parts(parts, ctx.num_sets)
+        point_starts = _part_starts([rows.shape[1] for rows in rows_by_part])
+        grads_by_part = [
+            [grad[start : start + rows.shape[1]].T.contiguous() for grad in grads]  # [F, B] each
+            for start, rows in zip(point_starts, rows_by_part)
+        ]
         grad_table = None
         if ctx.needs_input_grad[0]:
-            # [C, F, B]: each vertex's share of each feature's gradient, summed over the weight sets in place
-            shares = weight_sets[0][:, None] * grads_by_feature[0][None]
-            for weights, grad in zip(weight_sets[1:], grads_by_feature[1:]):
-                shares.addcmul_(weights[:, None], grad[None])
             grad_table = torch.zeros_like(table)
-            flat_rows = rows.reshape(-1)
-            if table.shape[1] == 2 and table.device.type == "cpu" and not torch.is_grad_enabled():
-                # two features per row read as one complex number: one pass adds whole rows, where a pass per
-                # feature would scatter into the table's strided columns (docs/speed.md, "Hash grid")
-                shares_by_row = shares.permute(0, 2, 1).contiguous()  # [C, B, 2]
-                torch.view_as_complex(grad_table).index_add_(0, flat_rows, torch.view_as_complex(shares_by_row).reshape(-1))
+            for rows, weight_sets, part_grads in zip(rows_by_part, weights_by_part, grads_by_part):
+                # [C, F, B]: each vertex's share of each feature's gradient, summed over the weight sets in place
+                shares = weight_sets[0][:, None] * part_grads[0][None]
+                for weights, grad in zip(weight_sets[1:], part_grads[1:]):
+                    shares.addcmul_(weights[:, None], grad[None])
+                flat_rows = rows.reshape(-1)
+                if table.shape[1] == 2 and table.device.type == "cpu" and not torch.is_grad_enabled():
+                    # two features per row read as one complex number: one pass adds whole rows, where a pass per
+                    # feature would scatter into the table's strided columns (docs/speed.md, "Hash grid")
+                    shares_by_row = shares.permute(0, 2, 1).contiguous()  # [C, B, 2]
+                    torch.view_as_complex(grad_table).index_add_(0, flat_rows, torch.view_as_complex(shares_by_row).reshape(-1))
+                else:
+                    for feature in range(table.shape[1]):
+                        grad_table[:, feature].scatter_add_(0, flat_rows, shares[:, feature].reshape(-1))
+        grad_parts = []
+        for part, (rows, part_grads) in enumerate(zip(rows_by_part, grads_by_part)):
+            grad_parts.append(None)  # the rows
+            weights_need_grad = any(ctx.needs_input_grad[3 + part * (1 + ctx.num_sets) : 3 + (part + 1) * (1 + ctx.num_sets)])
+            if weights_need_grad:
+                vertex_rows = table[rows].permute(2, 0, 1)  # [F, C, B]
+                grad_parts += [(vertex_rows * grad[:, None]).sum(dim=0) for grad in part_grads]
             else:
-                for feature in range(table.shape[1]):
-                    grad_table[:, feature].scatter_add_(0, flat_rows, shares[:, feature].reshape(-1))
-        grad_weights = [None] * len(weight_sets)
-        if any(ctx.needs_input_grad[2:]):
-            corner_rows = table[rows].permute(2, 0, 1)  # [F, 8, B]
-            grad_weights = [(corner_rows * grad[:, None]).sum(dim=0) for grad in grads_by_feature]
-        return (grad_table, None, *grad_weights)
+                grad_parts += [None] * ctx.num_sets
+        return (grad_table, None, *grad_parts)
+
+
+def _split_parts(parts: Sequence[Tensor], num_sets: int) -> Tuple[List[Tensor], List[List[Tensor]]]:
+    """`InterpolateCorners`' flat input `rows_1, weights_1_1..K, rows_2, ...` -> the parts' rows and weight sets."""
+    stride = 1 + num_sets
+    return list(parts[::stride]), [list(parts[i + 1 : i + stride]) for i in range(0, len(parts), stride)]
+
+
+def _point_major(vertex_major: Sequence[Tensor], starts: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """Parts `[C, B]` -> one flat tensor of their transposes `[B, C]`, one after the other, in `dtype`."""
+    flat = torch.empty(starts[-1] + vertex_major[-1].numel(), dtype=dtype, device=vertex_major[0].device)
+    for start, part in zip(starts, vertex_major):
+        flat[start : start + part.numel()].view(part.shape[::-1]).copy_(part.T)
+    return flat
+
+
+def _part_starts(sizes: Sequence[int]) -> List[int]:
+    """Where each of consecutive pieces of `sizes` starts."""
+    return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def interpolate_vertices(table: Tensor, parts: Sequence[Tuple[Tensor, Sequence[Tensor]]]) -> Tuple[Tensor, ...]:
+    """`InterpolateCorners` of `parts`, each `(rows [C, B], weight sets [C, B] ...)`, every part with the same
+    number of weight sets: the sums `[B_1 + B_2 + ..., F]`, one per weight set."""
+    num_sets = len(parts[0][1])
+    flat = [tensor for rows, weight_sets in parts for tensor in (rows, *weight_sets)]
+    return InterpolateCorners.apply(table, num_sets, *flat)
 
 
 def axis_second_differences(vertices: Tensor, axis: int) -> Tensor:
@@ -289,18 +339,16 @@ class MultiResolutionGrid(nn.Module):
     ) -> Tuple[Float[Tensor, "num_points num_features"], Optional[Float[Tensor, "num_points num_features 3"]]]:
         num_points, num_quadratic = unit_points.shape[0], self.num_quadratic
         scaled = unit_points.T[:, None, :] * self.resolutions[:, None]  # [3, L, N], in cells of each level
-        pieces = []  # (levels, rows [K, levels, N], weight sets [K, levels, N]) of the B-spline and trilinear levels
+        parts = []  # (rows [C, levels, N], weight sets [C, levels, N]) of the B-spline levels, then the trilinear ones
         if num_quadratic > 0:
-            pieces.append((num_quadratic, *self._quadratic_rows_and_weights(scaled[:, :num_quadratic], with_jacobian)))
+            parts.append(self._quadratic_rows_and_weights(scaled[:, :num_quadratic], with_jacobian))
         if num_quadratic < scaled.shape[1]:
-            pieces.append((scaled.shape[1] - num_quadratic, *self._trilinear_rows_and_weights(scaled[:, num_quadratic:], with_jacobian)))
-        per_piece = []
-        for num_levels, rows, weight_sets in pieces:
-            weight_sets = [weights.to(self.table.dtype).flatten(1) for weights in weight_sets]
-            sums = InterpolateCorners.apply(self.table, rows.flatten(1), *weight_sets)
-            # level-major sums [L * N, F] -> point-major [N, L, F]
-            per_piece.append([level_sums.view(num_levels, num_points, -1).transpose(0, 1) for level_sums in sums])
-        sums = [torch.cat(parts, dim=1) for parts in zip(*per_piece)] if len(per_piece) > 1 else per_piece[0]
+            parts.append(self._trilinear_rows_and_weights(scaled[:, num_quadratic:], with_jacobian))
+        sums = interpolate_vertices(
+            self.table, [(rows.flatten(1), [weights.to(self.table.dtype).flatten(1) for weights in weight_sets]) for rows, weight_sets in parts]
+        )
+        # level-major sums [L * N, F] -> point-major [N, L, F]
+        sums = [level_sums.view(-1, num_points, level_sums.shape[-1]).transpose(0, 1) for level_sums in sums]
         features = sums[0].flatten(1)
         if not with_jacobian:
             return features, None
