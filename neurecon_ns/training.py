@@ -192,7 +192,7 @@ def apply_model_settings(config: TrainerConfig, settings: Sequence[str]) -> None
 def _shrink_hash_grid(grid, steps: int) -> None:
     """A grid a CPU can afford: 8 levels up to 512 cells per axis (a cell of 1/256 of the unit sphere's diameter:
     0.7 px at the object in a DTU scan at 400x300) in tables of 2^19 entries, which hold the coarse half of the
-    levels densely, the coarsest read through quadratic B-splines; the levels all switch on in the first quarter
+    levels densely, the coarsest read through quadratic B-splines; the levels all switch on in the first eighth
     of the run, so that the fine ones get most of it (docs/benchmarks.md, "Real scan", has the runs behind these
     choices)."""
     grid.num_levels = 8
@@ -201,7 +201,7 @@ def _shrink_hash_grid(grid, steps: int) -> None:
     grid.log2_hashmap_size = min(grid.log2_hashmap_size, 19)
     grid.initial_levels = min(grid.initial_levels, grid.num_levels)
     if grid.steps_per_level > 0:
-        grid.steps_per_level = max(1, steps // (4 * max(grid.num_levels - grid.initial_levels, 1)))
+        grid.steps_per_level = max(1, steps // (8 * max(grid.num_levels - grid.initial_levels, 1)))
 
 
 def _fit_schedules(config: TrainerConfig, steps: int) -> None:

@@ -16,7 +16,7 @@ def test_cpu_size_is_chosen_on_a_cpu_only_and_can_be_declined():
     grid = on_cpu.pipeline.model.networks.geometry.hash_grid
     assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.implementation) == (8, 512, 19, "torch")
     assert grid.quadratic_levels == 1 and registered.pipeline.model.networks.geometry.hash_grid.quadratic_levels == 0
-    assert grid.steps_per_level == 2400 // (4 * (8 - grid.initial_levels)), "every level on in the first quarter"
+    assert grid.steps_per_level == 2400 // (8 * (8 - grid.initial_levels)), "every level on in the first eighth"
     assert on_cpu.pipeline.datamanager.train_num_rays_per_batch == 512
     assert on_cpu.pipeline.model.networks.gradient == "analytic"
     assert on_cpu.optimizers["fields"]["scheduler"].max_steps == 2400
@@ -68,14 +68,14 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, 
     chosen = tyro.cli(AnnotatedBaseConfigUnion, args=numerical)
     assert chosen.pipeline.model.networks.gradient == "numerical"
     assert chosen.pipeline.model.networks.geometry.hash_grid.num_levels == 8
-    # README's real-scan command: 3800 iterations, the levels on by step 948; the grid smoothness term and the
+    # README's real-scan command: 3800 iterations, the levels on by step 472; the grid smoothness term and the
     # quadratic coarsest level can be switched off from the command line
     real_scan = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "3800", "--output-dir", str(tmp_path),
                  "--pipeline.model.grid-smoothness-loss-weight", "0", "--pipeline.model.networks.geometry.hash-grid.quadratic-levels", "0"]
     monkeypatch.setattr("sys.argv", ["ns-train", *real_scan])
     parsed = tyro.cli(AnnotatedBaseConfigUnion, args=real_scan)
     grid = parsed.pipeline.model.networks.geometry.hash_grid
-    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.steps_per_level) == (8, 512, 19, 237)
+    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.steps_per_level) == (8, 512, 19, 118)
     assert parsed.pipeline.model.grid_smoothness_loss_weight == 0.0 and grid.quadratic_levels == 0
 
 
