@@ -68,14 +68,14 @@ def test_ns_train_command_line_gives_the_cpu_size_and_says_so(tmp_path, capsys, 
     chosen = tyro.cli(AnnotatedBaseConfigUnion, args=numerical)
     assert chosen.pipeline.model.networks.gradient == "numerical"
     assert chosen.pipeline.model.networks.geometry.hash_grid.num_levels == 8
-    # README's real-scan command: 3800 iterations, the levels on by step 472; the grid smoothness term and the
+    # README's real-scan command: 3600 iterations, the levels on by step 448; the grid smoothness term and the
     # quadratic coarsest level can be switched off from the command line
-    real_scan = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "3800", "--output-dir", str(tmp_path),
+    real_scan = ["neus-fast", "--machine.device-type", "cpu", "--max-num-iterations", "3600", "--output-dir", str(tmp_path),
                  "--pipeline.model.grid-smoothness-loss-weight", "0", "--pipeline.model.networks.geometry.hash-grid.quadratic-levels", "0"]
     monkeypatch.setattr("sys.argv", ["ns-train", *real_scan])
     parsed = tyro.cli(AnnotatedBaseConfigUnion, args=real_scan)
     grid = parsed.pipeline.model.networks.geometry.hash_grid
-    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.steps_per_level) == (8, 512, 19, 118)
+    assert (grid.num_levels, grid.max_resolution, grid.log2_hashmap_size, grid.steps_per_level) == (8, 512, 19, 112)
     assert parsed.pipeline.model.grid_smoothness_loss_weight == 0.0 and grid.quadratic_levels == 0
 
 
