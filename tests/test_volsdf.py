@@ -425,9 +425,9 @@ SHORT_RUN_STEPS = 500
 # surface, the torus scaled by 0.9 is 0.043 away and by 1.1 0.051. With the fused Adam update on an Intel Xeon
 # (amx_bf16), fp32, two runs: level beta 0.036 / 0.039 (the second inside a full suite), 0.9x 0.048 / 0.050,
 # 1.1x 0.050 / 0.054. Each bound sits half way between the truth's largest reading and the nearest wrong answer
-# (the test prints all five distances).
+# of any run (level beta: 0.039 and 0.043; the test prints all five distances).
 CHAMFER_LEVEL_ZERO = 0.072
-CHAMFER_LEVEL_BETA = 0.043
+CHAMFER_LEVEL_BETA = 0.041
 
 
 @pytest.fixture(scope="module")
