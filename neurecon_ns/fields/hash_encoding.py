@@ -151,8 +151,9 @@ class InterpolateCorners(torch.autograd.Function):
         grad_parts = []
         for part, (rows, part_grads) in enumerate(zip(rows_by_part, grads_by_part)):
             grad_parts.append(None)  # the rows
-            weights_need_grad = any(ctx.needs_input_grad[3 + part * (1 + ctx.num_sets) : 3 + (part + 1) * (1 + ctx.num_sets)])
-            if weights_need_grad:
+            # inputs: table, num_sets, then per part its rows and its num_sets weight sets
+            first_weights = 2 + part * (1 + ctx.num_sets) + 1
+            if any(ctx.needs_input_grad[first_weights : first_weights + ctx.num_sets]):
                 vertex_rows = table[rows].permute(2, 0, 1)  # [F, C, B]
                 grad_parts += [(vertex_rows * grad[:, None]).sum(dim=0) for grad in part_grads]
             else:
