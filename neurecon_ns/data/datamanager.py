@@ -36,6 +36,7 @@ from PIL import Image
 
 from neurecon_ns.data.neus_dataparser import check_decodes
 from neurecon_ns.data.normalize import SphereRegion, check_cameras_outside, find_region, scale_region, to_unit_sphere
+from neurecon_ns.data.pixel_sampler import ErrorWeightedPixelSamplerConfig
 from neurecon_ns.errors import UserInputError
 
 NERFSTUDIO_INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
@@ -210,6 +211,9 @@ class SurfaceDataManagerConfig(VanillaDataManagerConfig):
     of any data parser mapped into the unit sphere."""
 
     _target: Type = field(default_factory=lambda: SurfaceDataManager)
+    pixel_sampler: ErrorWeightedPixelSamplerConfig = field(default_factory=ErrorWeightedPixelSamplerConfig)
+    """nerfstudio's pixel sampler, with `error_share` of the rays drawn where the model's error was last seen high
+    (`data/pixel_sampler.py`; 0, the default, draws them all uniformly)."""
     roi: Literal["auto", "data", "cameras", "points", "box"] = "auto"
     """Region of interest that becomes the unit sphere: "data" keeps the parser's own unit sphere (this
     plugin's parsers give one); "cameras" the sphere around the cameras' look-at point that 90% of the views

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Callable, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from nerfstudio.viewer.viewer_elements import ViewerDropdown
 from torch import Tensor
 from torch.nn import Parameter
 
+from neurecon_ns.data.pixel_sampler import ErrorWeightedPixelSampler
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.fields.background import BackgroundFieldConfig
 from neurecon_ns.fields.hash_encoding import ProgressiveHashEncoding
@@ -54,6 +55,20 @@ def mask_cross_entropy(accumulation: Float[Tensor, "*bs 1"], fg_mask: Float[Tens
     with full_precision(accumulation.device.type):
         opacity = at_least_float32(accumulation).clamp(1e-3, 1.0 - 1e-3)
         return F.binary_cross_entropy(opacity, fg_mask.to(opacity.dtype))
+
+
+def ray_errors(
+    rgb: Float[Tensor, "num_rays 3"],
+    gt_rgb: Float[Tensor, "num_rays 3"],
+    accumulation: Float[Tensor, "num_rays 1"],
+    fg_mask: Optional[Float[Tensor, "num_rays 1"]],
+) -> Float[Tensor, " num_rays"]:
+    """How wrong each ray of a batch is, for the error-weighted pixel sampler: the mean absolute colour error (on
+    the object only, with a mask) plus, with a mask, how far the opacity is from it; between 0 and 2."""
+    color_error = (rgb - gt_rgb).abs().mean(dim=-1)
+    if fg_mask is None:
+        return color_error
+    return color_error * fg_mask[:, 0] + (accumulation[:, 0].to(fg_mask.dtype) - fg_mask[:, 0]).abs()
 
 
 def curvature_loss_weight_at(
@@ -193,6 +208,8 @@ class SurfaceModel(Model):
         super().populate_modules()
         self.field = self.config.networks.setup()
         self.training_step = 0  # the step `update_to_step` was last called with
+        # where each training batch's per-ray errors go (`ErrorWeightedPixelSampler.record_errors`), when its sampler wants them
+        self.record_ray_errors: Optional[Callable[[Tensor, Tensor], None]] = None
         # h(0) of the curvature weight's schedule: the field is built with the initial levels active
         self.initial_difference_step = float(self.field.numerical_gradient_step())
         self.collider = UnitSphereCollider(radius=self.config.sphere_radius, near_plane=self.config.near_plane)
@@ -283,6 +300,9 @@ class SurfaceModel(Model):
         return 0.0
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        sampler = getattr(getattr(training_callback_attributes.pipeline, "datamanager", None), "train_pixel_sampler", None)
+        if isinstance(sampler, ErrorWeightedPixelSampler) and sampler.active:
+            self.record_ray_errors = sampler.record_errors
         return [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
@@ -509,6 +529,8 @@ class SurfaceModel(Model):
             loss_dict["mask_loss"] = self.config.mask_loss_weight * mask_cross_entropy(outputs["accumulation"], fg_mask)
         else:
             loss_dict["rgb_loss"] = (outputs["rgb"] - gt_rgb).abs().mean()
+        if self.training and self.record_ray_errors is not None and "indices" in batch:
+            self.record_ray_errors(batch["indices"], ray_errors(outputs["rgb"].detach(), gt_rgb, outputs["accumulation"].detach(), fg_mask))
         if self.training and self.config.eikonal_loss_weight > 0:
             loss_dict["eikonal_loss"] = self.config.eikonal_loss_weight * self.eikonal_loss(outputs)
         if self.training and "laplacians" in outputs:
