@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from helpers import BF16_ON_BF16_UNITS
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 
 from neurecon_ns.data import shapes
@@ -329,13 +328,14 @@ One pixel at the object is about 0.04 in unit-sphere units."""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", BF16_ON_BF16_UNITS])
-def test_short_unisurf_run_converges_to_the_synthetic_shape(training_scene, tmp_path, precision):
+def test_short_unisurf_run_converges_to_the_synthetic_shape(training_scene, tmp_path):
+    """In float32: the networks' bf16 products are shared by every method and converge in test_convergence's
+    neus-dtu run; what is UNISURF's own (root finding, occupancy, interval) does not change with them."""
     from neurecon_ns.mesh.evaluate import compare_meshes
     from neurecon_ns.training import train_short
 
-    run = train_short("unisurf-dtu", training_scene.output_dir, tmp_path, SHORT_RUN_STEPS, overrides={"networks.precision": precision})
-    print(f"measured: unisurf-dtu ({precision}) composite Chamfer {run.report.chamfer:.4f}")
+    run = train_short("unisurf-dtu", training_scene.output_dir, tmp_path, SHORT_RUN_STEPS, overrides={"networks.precision": "fp32"})
+    print(f"measured: unisurf-dtu (fp32) composite Chamfer {run.report.chamfer:.4f}")
     assert run.report.chamfer < CHAMFER_THRESHOLD, run.report
     wrong = shapes.surface_mesh(shapes.scaled(shapes.composite(), 1.1), resolution=160)
     against_wrong = compare_meshes(run.mesh_unit, wrong, num_points=30_000, thresholds=(0.01, 0.02, 0.05))

@@ -10,7 +10,7 @@ from typing import Callable, Tuple
 
 import pytest
 import torch
-from helpers import BF16_ON_BF16_UNITS, bin_path, ns_render_interpolate, run_tool, train_tiny
+from helpers import bin_path, ns_render_interpolate, run_tool, train_tiny
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
@@ -438,9 +438,9 @@ def torus_scene(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", BF16_ON_BF16_UNITS])
-def test_short_training_converges_to_the_torus(torus_scene, tmp_path, precision):
-    """A 500-step CPU run recovers the torus, up to the inward offset of about beta that VolSDF's density
+def test_short_training_converges_to_the_torus(torus_scene, tmp_path):
+    """A 500-step CPU run (float32: the networks' bf16 products are shared by every method and converge in
+    test_convergence's neus-dtu run) recovers the torus, up to the inward offset of about beta that VolSDF's density
     implies while beta is large.
 
     The Laplace density reaches `exp(-h / beta) / (2 beta)` at a distance `h` outside the surface, so a ray
@@ -459,7 +459,7 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path, precision)
     from neurecon_ns.mesh.extract import extract_level_set
     from neurecon_ns.training import train_short
 
-    run = train_short("volsdf-dtu", torus_scene.output_dir, tmp_path / "outputs", SHORT_RUN_STEPS, overrides={"networks.precision": precision})
+    run = train_short("volsdf-dtu", torus_scene.output_dir, tmp_path / "outputs", SHORT_RUN_STEPS, overrides={"networks.precision": "fp32"})
     model = run.trainer.pipeline.model
     torus = shapes.get_shape("torus")
     turn = shapes.rotation_about_axis((1.0, 0.0, 0.0), np.deg2rad(30.0))
@@ -469,7 +469,7 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path, precision)
         return compare_meshes(mesh, shapes.surface_mesh(shape, resolution=160), num_points=30_000).chamfer
 
     to_larger, to_turned = chamfer(run.mesh_unit, shapes.scaled(torus, 1.1)), chamfer(run.mesh_unit, turned)
-    print(f"measured: volsdf-dtu ({precision}) torus Chamfer {run.report.chamfer:.4f} (level 0); 1.1x {to_larger:.4f}, turned {to_turned:.4f}")
+    print(f"measured: volsdf-dtu (fp32) torus Chamfer {run.report.chamfer:.4f} (level 0); 1.1x {to_larger:.4f}, turned {to_turned:.4f}")
     assert run.report.chamfer < CHAMFER_LEVEL_ZERO, run.report
     assert to_larger > CHAMFER_LEVEL_ZERO and to_turned > CHAMFER_LEVEL_ZERO
 
@@ -479,7 +479,7 @@ def test_short_training_converges_to_the_torus(torus_scene, tmp_path, precision)
         density_surface = extract_level_set(model.level_set, [-1.02] * 3, [1.02] * 3, 128, level=beta)
     to_truth = chamfer(density_surface, torus)
     to_smaller, to_larger = (chamfer(density_surface, shapes.scaled(torus, factor)) for factor in (0.9, 1.1))
-    print(f"measured: volsdf-dtu ({precision}) torus Chamfer {to_truth:.4f} (level beta, beta {beta:.4f}); 0.9x {to_smaller:.4f}, 1.1x {to_larger:.4f}")
+    print(f"measured: volsdf-dtu (fp32) torus Chamfer {to_truth:.4f} (level beta, beta {beta:.4f}); 0.9x {to_smaller:.4f}, 1.1x {to_larger:.4f}")
     assert to_truth < CHAMFER_LEVEL_BETA
     assert to_smaller > CHAMFER_LEVEL_BETA and to_larger > CHAMFER_LEVEL_BETA
 
