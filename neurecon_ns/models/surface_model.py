@@ -300,7 +300,8 @@ class SurfaceModel(Model):
         return 0.0
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        sampler = getattr(getattr(training_callback_attributes.pipeline, "datamanager", None), "train_pixel_sampler", None)
+        pipeline = getattr(training_callback_attributes, "pipeline", None)
+        sampler = getattr(getattr(pipeline, "datamanager", None), "train_pixel_sampler", None)
         if isinstance(sampler, ErrorWeightedPixelSampler) and sampler.active:
             self.record_ray_errors = sampler.record_errors
         return [
