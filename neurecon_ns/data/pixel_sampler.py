@@ -6,10 +6,11 @@ the object plus the opacity's miss against the mask. `error_share` of every batc
 proportion to those errors and uniformly within the tile; the rest uniformly over every pixel, as nerfstudio
 draws them. Tiles never seen keep the largest error a ray can have, so each is visited early.
 
-A surface converges last where few rays reach it: faces the cameras see obliquely, recesses, thin parts. Uniform
-rays spend most of a batch on the background and on what is already right; these rays go where the photographs
-and the render still disagree. The gradient is not re-weighted (as in instant-ngp's error-map sampling): the
-uniform share keeps every pixel in the loss.
+Uniform rays spend much of a batch on the background and on what is already right; these go where the
+photographs and the render still disagree. A face that renders right while misplaced (a wall the cameras see
+obliquely) gets fewer rays than uniform draws would give it: on the DTU-scale building half the rays drawn by
+error raise the held-out PSNR and leave such a wall farther from its plane (docs/benchmarks.md, "Seeds, and rays
+drawn where the error is"). The gradient is not re-weighted; the uniform share keeps every pixel in the loss.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class ErrorWeightedPixelSamplerConfig(PixelSamplerConfig):
 
     _target: Type = field(default_factory=lambda: ErrorWeightedPixelSampler)
     error_share: float = 0.0
-    """Share of each batch drawn in proportion to the tiles' errors (0: nerfstudio's uniform sampling alone)."""
+    """Share of each batch drawn in proportion to the tiles' errors (0: nerfstudio's uniform sampling alone). The
+    tiles' errors are not kept in checkpoints: a resumed run visits every tile again first."""
     tile_size: int = 8
     """Side in pixels of the tiles the errors are kept for."""
 
