@@ -30,6 +30,9 @@ It writes a picture of three held-out views: the photograph, the mesh shaded fro
 normals as colours, side by side, and on a synthetic scene the mesh coloured by its signed offsets (white on
 the exact surface, red 3 px or more proud of it, blue 3 px or more inside; `--images-dir`,
 `real_scan_<label>.jpg`), and the numbers as JSON beside it.
+`--exact-surface --filled-recesses` measures, on the building (`neurecon synth --preset dtu`), its exact surface
+with the window and door recesses filled (the walls flat across them) against the exact surface: what a surface
+that does not carve the windows reads at best.
 `--save-run DIR` keeps the run (config.yml and the last checkpoint, as ns-train writes them) for `neurecon mesh`,
 `ns-viewer` or `--load-config`, which measures a kept run again without training. `--exact-surface` measures a
 synthetic scene's exact surface in place of a model: the floor of the IoU and noise columns. `docs/benchmarks.md`
@@ -40,6 +43,7 @@ keeps results.
     python benchmarks/real_scan.py --label numerical --set networks.gradient=numerical
     python benchmarks/real_scan.py --data /tmp/dtu_like --label synthetic      # a scene from `neurecon synth --preset dtu`
     python benchmarks/real_scan.py --data /tmp/dtu_like --exact-surface --label exact
+    python benchmarks/real_scan.py --data /tmp/dtu_like --exact-surface --filled-recesses --label filled
     python benchmarks/real_scan.py --load-config /tmp/real_scan_runs/before/.../config.yml --label before
 """
 
@@ -168,6 +172,19 @@ def exact_surface(data: Path) -> Optional[trimesh.Trimesh]:
     return trimesh.load(path, force="mesh")
 
 
+def filled_recesses_surface(data: Path) -> trimesh.Trimesh:
+    """The building scene's exact surface with its recesses filled, meshed as `neurecon synth` meshed the scene."""
+    from neurecon_ns.data.shapes import building, surface_mesh
+
+    scene = json.loads((data / "scene.json").read_text())
+    if scene.get("shape") != "building":
+        raise UserInputError(
+            f"{data / 'scene.json'}: --filled-recesses needs the building (shape '{scene.get('shape')}' here); "
+            "write one with `neurecon synth --preset dtu`."
+        )
+    return surface_mesh(building(recesses=()), int(scene.get("mesh_resolution", 384)))
+
+
 def train(args, data: Path):
     """Train at the CPU size with every `holdout`-th view held out; returns (trainer, steps, seconds)."""
     from neurecon_ns.training import apply_model_settings, method_config, run_iteration, setup_trainer, small_cpu_config
@@ -226,7 +243,7 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
     if model is None:  # the exact surface itself: the floor of each column
         if reference is None:
             raise UserInputError(f"{data}: --exact-surface needs a synthetic scene (scene.json and gt_mesh_unit.ply).")
-        mesh_unit = reference
+        mesh_unit = filled_recesses_surface(data) if args.filled_recesses else reference
     else:
         mesh_unit = keep_largest_component(extract_model_surface(model, resolution=args.mesh_resolution))
     mesh_data = transform_mesh(mesh_unit, unit_to_data)
@@ -246,7 +263,7 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
     data_per_unit = float(abs(np.linalg.det(unit_to_data[:3, :3])) ** (1.0 / 3.0))
     results["pixel_at_object_data_units"] = pixel_unit * data_per_unit
     vertex_offsets_px = None
-    if reference is not None and model is not None:
+    if reference is not None and mesh_unit is not reference:
         seen_mesh, seen_reference = seen_part(mesh_unit, pinholes), seen_part(reference, pinholes)
         report = compare_meshes(seen_mesh, seen_reference, num_points=100_000)
         results["chamfer_data_units"] = report.chamfer * data_per_unit
@@ -306,7 +323,11 @@ def main() -> None:
     parser.add_argument("--save-run", type=Path, default=None, help="keep the run (config.yml, checkpoint) under this directory")
     parser.add_argument("--load-config", type=Path, default=None, help="measure a kept run instead of training")
     parser.add_argument("--exact-surface", action="store_true", help="measure a synthetic scene's exact surface instead (no PSNR)")
+    parser.add_argument("--filled-recesses", action="store_true",
+                        help="with --exact-surface, on the building: its surface with the recesses filled, against the exact one")
     args = parser.parse_args()
+    if args.filled_recesses and not args.exact_surface:
+        parser.error("--filled-recesses measures an exact surface: add --exact-surface")
 
     data = resolve_data(args.data)
     print(f"capture: {data}; {torch.get_num_threads()} CPU threads; method {args.method}; "

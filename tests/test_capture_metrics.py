@@ -117,6 +117,9 @@ def test_real_scan_script_row_and_missing_capture(tmp_path):
     assert "| - | - | 0.9812" in exact
     with pytest.raises(UserInputError, match="capture not found"):
         real_scan.resolve_data(tmp_path / "missing")
+    (tmp_path / "scene.json").write_text('{"shape": "sphere"}')
+    with pytest.raises(UserInputError, match=r"scene\.json: --filled-recesses needs the building .*neurecon synth --preset dtu"):
+        real_scan.filled_recesses_surface(tmp_path)
 
 
 def test_signed_offsets_say_which_side_of_the_surface_and_how_far():

@@ -327,6 +327,16 @@ def test_building_sdf_is_exact_at_known_points(point, distance):
     assert float(building.sdf(torch.tensor(point, dtype=torch.float64))) == pytest.approx(distance, abs=1e-9)
 
 
+def test_building_without_recesses_has_flat_walls_across_the_windows():
+    window_back, window_opening = (-0.25, -0.27, -0.12), (-0.25, -0.30, -0.12)
+    filled = shapes.building(recesses=())
+    assert float(filled.sdf(np.array(window_back))) == pytest.approx(-0.03, abs=1e-9)  # inside the wall now
+    assert float(filled.sdf(np.array(window_opening))) == pytest.approx(0.0, abs=1e-9)
+    assert float(shapes.get_shape("building").sdf(np.array(window_opening))) == pytest.approx(0.045, abs=1e-9)
+    between_windows = (0.12, -0.40, -0.30)
+    assert float(filled.sdf(np.array(between_windows))) == float(shapes.get_shape("building").sdf(np.array(between_windows)))
+
+
 def test_polygon_sdf_of_a_square():
     square = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
     points = np.array([[0.0, 0.0], [0.5, 0.0], [3.0, 0.0], [2.0, 2.0], [-1.0, 0.3]])

@@ -12,6 +12,7 @@ operations that both libraries spell the same way. +z is "up" in the unit-sphere
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Union
 
@@ -222,7 +223,7 @@ BUILDING_RECESSES = (
 """Centre and half extents of the boxes cut from the walls: three windows in the -y wall, a door in the +y wall."""
 
 
-def _building_sdf(points: Array) -> Array:
+def _building_sdf(points: Array, recesses: Sequence = BUILDING_RECESSES) -> Array:
     xp = _xp(points)
     house = extrusion_sdf(polygon_sdf(points[..., 1:], BUILDING_PROFILE), points[..., 0], BUILDING_HALF_LENGTH)
     gable_centre = 0.5 * (BUILDING_GABLE_X[0] + BUILDING_GABLE_X[1])
@@ -230,7 +231,7 @@ def _building_sdf(points: Array) -> Array:
     gable = extrusion_sdf(polygon_sdf(points[..., 1:], BUILDING_GABLE_PROFILE), points[..., 0] - gable_centre, gable_half)
     chimney = box_sdf(points, BUILDING_CHIMNEY[1], BUILDING_CHIMNEY[0])
     solid = xp.minimum(xp.minimum(house, gable), chimney)
-    for center, half_extents in BUILDING_RECESSES:
+    for center, half_extents in recesses:
         solid = xp.maximum(solid, -box_sdf(points, half_extents, center))
     return solid
 
@@ -283,7 +284,7 @@ def _stack_channels(xp, red: Array, green: Array, blue: Array) -> Array:
     return xp.stack([red, green, blue], -1) if xp is torch else np.stack([red, green, blue], -1)
 
 
-def building() -> Shape:
+def building(recesses: Sequence = BUILDING_RECESSES) -> Shape:
     """A small house at the scale of a DTU object: flat walls meeting at sharp edges, a 45-degree gable roof, a
     crow-stepped gable wall, a thin chimney (0.05 wide), window and door recesses 0.045 deep (concavities),
     and a brick-and-tile albedo (`building_albedo`).
@@ -291,9 +292,10 @@ def building() -> Shape:
     The house, the gable and the chimney are exact distances (a polygon extruded, a box), joined by `min`:
     exact wherever one part is nearest from outside. The recesses are cut by `max(f, -box)`, a 1-Lipschitz
     bound that is exact inside a recess, on every face and wherever the cut is not the nearest feature; the zero
-    set is exactly the solid's surface everywhere.
+    set is exactly the solid's surface everywhere. `recesses` (centre, half extents) replaces the cut boxes
+    (`()`: walls without windows or door, the shape a reconstruction that cannot see into the recesses would give).
     """
-    return Shape("building", _building_sdf, bounding_radius=0.73, albedo_fn=building_albedo)
+    return Shape("building", functools.partial(_building_sdf, recesses=tuple(recesses)), bounding_radius=0.73, albedo_fn=building_albedo)
 
 
 SHAPES: Dict[str, Callable[[], Shape]] = {
