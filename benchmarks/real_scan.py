@@ -263,7 +263,7 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
     data_per_unit = float(abs(np.linalg.det(unit_to_data[:3, :3])) ** (1.0 / 3.0))
     results["pixel_at_object_data_units"] = pixel_unit * data_per_unit
     vertex_offsets_px = None
-    if reference is not None and mesh_unit is not reference:
+    if reference is not None and mesh_unit is not reference:  # a model's surface, or the filled building
         seen_mesh, seen_reference = seen_part(mesh_unit, pinholes), seen_part(reference, pinholes)
         report = compare_meshes(seen_mesh, seen_reference, num_points=100_000)
         results["chamfer_data_units"] = report.chamfer * data_per_unit

@@ -8,7 +8,7 @@ variant and round it prints the median wall-clock seconds of a step (with the th
 OMP_NUM_THREADS) and the CPU seconds of the process per step. `--load-dir` starts every trainer from a kept
 run's checkpoint (its `nerfstudio_models` folder) instead of the initial fields: a trained surface is what a run
 spends most of its steps on. `--python-profile N` prints, per variant and round, the N Python functions with the
-most cumulative time over the timed steps (cProfile), which shows which part of the step (sampler, field passes,
+most cumulative time over the timed steps (cProfile, whose own cost the step times then include), which shows which part of the step (sampler, field passes,
 backward, optimiser) the time goes to. `docs/benchmarks.md` keeps results.
 
     python benchmarks/step_time.py --variant "" --variant sampler.num_uniform=16
