@@ -8,8 +8,8 @@ variant and round it prints the median wall-clock seconds of a step (with the th
 OMP_NUM_THREADS) and the CPU seconds of the process per step. `--load-dir` starts every trainer from a kept
 run's checkpoint (its `nerfstudio_models` folder) instead of the initial fields: a trained surface is what a run
 spends most of its steps on. `--python-profile N` prints, per variant and round, the N Python functions with the
-most cumulative time over the timed steps (cProfile, whose own cost the step times then include), which shows which part of the step (sampler, field passes,
-backward, optimiser) the time goes to. `docs/benchmarks.md` keeps results.
+most cumulative time over the timed steps (cProfile, whose own cost the step times then include): which part of
+the step (sampler, field passes, backward, optimiser) the time goes to. `docs/benchmarks.md` keeps results.
 
     python benchmarks/step_time.py --variant "" --variant sampler.num_uniform=16
     python benchmarks/step_time.py --rounds 1 --python-profile 40 --load-dir runs/real_scan_x/neus-fast/<timestamp>/nerfstudio_models
@@ -34,7 +34,7 @@ DEFAULT_DATA = Path("../shared/data/dtu_scan65_400x300")
 
 
 def time_variant(args: argparse.Namespace, settings: list) -> tuple:
-    """(median wall seconds, mean CPU seconds) per step of one variant's fresh trainer."""
+    """(median wall seconds, mean CPU seconds) per step of one variant's own trainer."""
     with tempfile.TemporaryDirectory() as output_dir:
         config = small_cpu_config(method_config(args.method), args.data, Path(output_dir), args.steps, seed=args.seed)
         apply_model_settings(config, settings)
@@ -48,11 +48,10 @@ def time_variant(args: argparse.Namespace, settings: list) -> tuple:
         cpu_started = time.process_time()
         for step in range(args.at_step + args.warmup, args.at_step + args.warmup + args.measure):
             started = time.perf_counter()
-            if profile is not None:
-                profile.enable()
-            run_iteration(trainer, step)
-            if profile is not None:
-                profile.disable()
+            if profile is None:
+                run_iteration(trainer, step)
+            else:
+                profile.runcall(run_iteration, trainer, step)
             wall.append(time.perf_counter() - started)
         cpu = (time.process_time() - cpu_started) / args.measure
         if profile is not None:
