@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from neurecon_ns.fields.hash_encoding import HashGridConfig
 from neurecon_ns.fields.sdf_field import GeometryNetworkConfig, SurfaceFieldConfig
@@ -125,6 +126,23 @@ def test_radiance_network_is_the_mlp_on_the_concatenated_input():
     inputs = [normals, features, *network.parameters()]
     for got, want in zip(torch.autograd.grad(colour.sum(), inputs), torch.autograd.grad(expected.sum(), inputs)):
         assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_radiance_network_without_directions_gives_a_point_one_colour_from_every_view():
+    """`use_directions=False` is a Lambertian colour: the view direction is not an input, so turning the camera
+    changes nothing, while the point, normal and feature still do."""
+    from neurecon_ns.fields.sdf_field import RadianceNetworkConfig
+
+    torch.manual_seed(0)
+    network = RadianceNetworkConfig(num_layers=2, hidden_dim=32, use_directions=False).setup(feature_dim=16)
+    with_directions = RadianceNetworkConfig(num_layers=2, hidden_dim=32).setup(feature_dim=16)
+    assert network.layers[0].weight.shape[1] == with_directions.layers[0].weight.shape[1] - 27  # [v, sin, cos] x 3
+    points, normals, features = torch.randn(40, 3), torch.randn(40, 3), torch.randn(40, 16)
+    directions = F.normalize(torch.randn(40, 3), dim=-1)
+    colour = network(points, directions, normals, features)
+    assert torch.equal(colour, network(points, -directions, normals, features))
+    assert not torch.allclose(colour, network(points, directions, normals, features + 1.0))
+    assert not torch.allclose(with_directions(points, directions, normals, features), with_directions(points, -directions, normals, features))
 
 
 def test_a_field_queried_with_no_points_returns_empty_outputs():

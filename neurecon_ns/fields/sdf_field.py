@@ -278,6 +278,9 @@ class RadianceNetworkConfig(InstantiateConfig):
     """Width of the hidden layers."""
     num_direction_frequencies: int = 4
     """Frequencies of the positional encoding of the view direction."""
+    use_directions: bool = True
+    """Feed the view direction. Without it the colour of a point cannot change with the view (a Lambertian
+    surface), so a recess or an offset wall cannot be imitated by colour that follows the camera."""
     use_weight_norm: bool = True
     """Weight normalisation of every linear layer."""
     use_points: bool = True
@@ -297,7 +300,7 @@ class RadianceNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.direction_encoding = PositionalEncoding(3, config.num_direction_frequencies)
-        in_dim = self.direction_encoding.get_out_dim() + feature_dim
+        in_dim = feature_dim + (self.direction_encoding.get_out_dim() if config.use_directions else 0)
         in_dim += 3 if config.use_points else 0
         in_dim += 3 if config.use_normals else 0
         dims = [in_dim] + [config.hidden_dim] * config.num_layers + [3]
@@ -317,7 +320,7 @@ class RadianceNetwork(nn.Module):
         # the first layer's input is `[point, encoded direction, normal, feature]`; its feature block (256 of the
         # paper network's 289 columns) is multiplied on its own, so that the backward pass's widest product has
         # a width the matmul kernels like and the concatenation holds only the 33 narrow columns
-        narrow = [self.direction_encoding(directions)]
+        narrow = [self.direction_encoding(directions)] if self.config.use_directions else []
         if self.config.use_points:
             narrow.insert(0, points)
         if self.config.use_normals:
