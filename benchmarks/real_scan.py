@@ -22,7 +22,9 @@ sphere), its largest connected component kept and mapped to the data's units, an
 - on a synthetic scene (`neurecon synth`, which writes scene.json and the exact surface gt_mesh_unit.ply):
   the Chamfer distance to the exact surface, in the data's units and in pixels at the object (the footprint of
   one pixel at the mean camera distance), between the parts of the two surfaces that some camera sees
-  (`mesh/capture_metrics.seen_part`; a DTU-like layout never sees the object's underside), and where the
+  (`mesh/capture_metrics.seen_part`; a DTU-like layout never sees the object's underside), each side's 100k
+  points measured to the other side's triangles (`compare_meshes(..., to_surface=True)`; also, as
+  `chamfer_to_samples_pixels`, to the other side's 100k points, which adds their spacing), and where the
   error lies: the seen mesh's signed offsets from the exact surface along its normal (`signed_offsets`;
   positive proud of it, negative inside), their median and 10th and 90th percentiles in pixels.
 
@@ -265,9 +267,15 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
     vertex_offsets_px = None
     if reference is not None and mesh_unit is not reference:  # a model's surface, or the filled building
         seen_mesh, seen_reference = seen_part(mesh_unit, pinholes), seen_part(reference, pinholes)
-        report = compare_meshes(seen_mesh, seen_reference, num_points=100_000)
+        # each side's points to the other side's triangles: a sample-to-sample distance would add its spacing
+        # (0.4 px at 100k points on the building) to every row
+        report = compare_meshes(seen_mesh, seen_reference, num_points=100_000, to_surface=True)
         results["chamfer_data_units"] = report.chamfer * data_per_unit
         results["chamfer_pixels"] = report.chamfer / pixel_unit
+        results["accuracy_pixels"] = report.accuracy / pixel_unit
+        results["completeness_pixels"] = report.completeness / pixel_unit
+        sampled = compare_meshes(seen_mesh, seen_reference, num_points=100_000)
+        results["chamfer_to_samples_pixels"] = sampled.chamfer / pixel_unit
         offsets_px = signed_offsets(sample_surface(seen_mesh, 100_000, seed=0)[0], seen_reference) / pixel_unit
         for name, percentile in (("p10", 10), ("median", 50), ("p90", 90)):
             results[f"offset_{name}_pixels"] = float(np.percentile(offsets_px, percentile))

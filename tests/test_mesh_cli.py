@@ -205,7 +205,17 @@ def test_eval_mesh_writes_table_and_json(tiny_runs, small_scene, tmp_path, capsy
     itself = json.loads((tmp_path / "self.json").read_text())
     assert itself["chamfer"] < 0.3 and itself["fscore"]["1.0"] > 0.99
     assert report["chamfer"] > 3 * itself["chamfer"]
+    # measured to the triangles, the mesh against itself reads 0, and the model's mesh less than to the points
+    EvalMesh(mesh=small_scene.gt_mesh_path, gt=small_scene.gt_mesh_path, output_path=tmp_path / "self_surface.json", num_points=20_000, to_surface=True).main()
+    assert json.loads((tmp_path / "self_surface.json").read_text())["chamfer"] == pytest.approx(0.0, abs=1e-9)
+    EvalMesh(mesh=tmp_path / "mesh.ply", gt=small_scene.gt_mesh_path, output_path=tmp_path / "surface.json", num_points=20_000, to_surface=True).main()
+    to_surface = json.loads((tmp_path / "surface.json").read_text())
+    assert report["chamfer"] - 1.5 * itself["chamfer"] < to_surface["chamfer"] < report["chamfer"]
     assert "Chamfer" in capsys.readouterr().out
+    points = tmp_path / "points.ply"
+    trimesh.PointCloud(trimesh.load(small_scene.gt_mesh_path).vertices).export(points)
+    with pytest.raises(UserInputError, match="points.ply: a point cloud has no surface to measure to"):
+        EvalMesh(mesh=tmp_path / "mesh.ply", gt=points, to_surface=True).main()
 
 
 def test_eval_mesh_dtu_mode_on_fabricated_files(tmp_path):

@@ -39,6 +39,9 @@ class EvalMesh:
     """Generic mode: points sampled uniformly by area on each mesh."""
     sampling_distance: Optional[float] = None
     """Sample on triangle grids at this spacing and thin to it instead of --num-points (DTU: 0.2 mm)."""
+    to_surface: bool = False
+    """Generic mode, two meshes: measure each mesh's sampled points to the other mesh's triangles rather than to its
+    sampled points, which adds about half their spacing to every distance."""
     max_distance: Optional[float] = None
     """Outlier cut-off: distances at or beyond it are left out of accuracy and completeness (DTU: 20 mm)."""
     patch_size: float = 60.0
@@ -58,6 +61,8 @@ class EvalMesh:
             raise UserInputError("DTU mode needs both --dtu-dir and --scan.")
         if self.cull_scene is not None and not dtu_mode:
             raise UserInputError("--cull-scene belongs to DTU mode (the mesh must be in the scan's millimetres); add --dtu-dir and --scan.")
+        if self.to_surface and dtu_mode:
+            raise UserInputError("--to-surface belongs to generic mode (DTU's reference is a point cloud); drop it or use --gt.")
         if any(not tau > 0 for tau in self.thresholds):
             raise UserInputError(f"--thresholds {self.thresholds}: thresholds must be positive distances.")
         predicted = load_surface(self.mesh, role="mesh")
@@ -68,7 +73,8 @@ class EvalMesh:
             reference = load_surface(self.gt, role="reference")
             thresholds = self.thresholds or default_thresholds(reference)
             report = compare_surfaces(
-                predicted, reference, self.num_points, self.sampling_distance, thresholds, self.max_distance, self.seed
+                predicted, reference, self.num_points, self.sampling_distance, thresholds, self.max_distance, self.seed,
+                to_surface=self.to_surface,
             )
             description = f"{self.mesh} against {self.gt}"
         output_path = self.output_path or self.mesh.with_name(f"{self.mesh.stem}_eval.json")
