@@ -23,7 +23,7 @@ sphere), its largest connected component kept and mapped to the data's units, an
   the Chamfer distance to the exact surface, in the data's units and in pixels at the object (the footprint of
   one pixel at the mean camera distance), between the parts of the two surfaces that some camera sees
   (`mesh/capture_metrics.seen_part`; a DTU-like layout never sees the object's underside), each side's 100k
-  points measured to the other side's triangles (`compare_meshes(..., to_surface=True)`; also, as
+  points measured to the other side's triangles (`compare_points_to_meshes`; also, as
   `chamfer_to_samples_pixels`, to the other side's 100k points, which adds their spacing), and where the
   error lies: the seen mesh's signed offsets from the exact surface along its normal (`signed_offsets`;
   positive proud of it, negative inside), their median and 10th and 90th percentiles in pixels.
@@ -66,7 +66,7 @@ from PIL import Image
 from neurecon_ns.data.neus_dataparser import NeusDataParserConfig, split_indices
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.mesh.capture_metrics import noise_radius, seen_part, signed_offsets, silhouette_ious, surface_noise
-from neurecon_ns.mesh.evaluate import compare_meshes, sample_surface
+from neurecon_ns.mesh.evaluate import compare_point_sets, compare_points_to_meshes, sample_surface
 from neurecon_ns.mesh.model_mesh import extract_model_surface
 from neurecon_ns.mesh.postprocess import keep_largest_component, transform_mesh
 from neurecon_ns.render.rasterize import MeshRenderer, PinholeCamera
@@ -269,14 +269,14 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
         seen_mesh, seen_reference = seen_part(mesh_unit, pinholes), seen_part(reference, pinholes)
         # each side's points to the other side's triangles: a sample-to-sample distance would add its spacing
         # (0.4 px at 100k points on the building) to every row
-        report = compare_meshes(seen_mesh, seen_reference, num_points=100_000, to_surface=True)
+        mesh_points, reference_points = sample_surface(seen_mesh, 100_000, seed=0)[0], sample_surface(seen_reference, 100_000, seed=1)[0]
+        report = compare_points_to_meshes(mesh_points, reference_points, seen_mesh, seen_reference)
         results["chamfer_data_units"] = report.chamfer * data_per_unit
         results["chamfer_pixels"] = report.chamfer / pixel_unit
         results["accuracy_pixels"] = report.accuracy / pixel_unit
         results["completeness_pixels"] = report.completeness / pixel_unit
-        sampled = compare_meshes(seen_mesh, seen_reference, num_points=100_000)
-        results["chamfer_to_samples_pixels"] = sampled.chamfer / pixel_unit
-        offsets_px = signed_offsets(sample_surface(seen_mesh, 100_000, seed=0)[0], seen_reference) / pixel_unit
+        results["chamfer_to_samples_pixels"] = compare_point_sets(mesh_points, reference_points).chamfer / pixel_unit
+        offsets_px = signed_offsets(mesh_points, seen_reference) / pixel_unit
         for name, percentile in (("p10", 10), ("median", 50), ("p90", 90)):
             results[f"offset_{name}_pixels"] = float(np.percentile(offsets_px, percentile))
         results["exact_surface_noise_deg"] = surface_noise(transform_mesh(reference, unit_to_data))
