@@ -211,6 +211,19 @@ def surface_distances(
     return distances, faces
 
 
+def mean_normal_agreement(
+    predicted_normals: Float[np.ndarray, "num_predicted 3"],
+    reference_normals_at_predicted: Float[np.ndarray, "num_predicted 3"],
+    reference_normals: Float[np.ndarray, "num_reference 3"],
+    predicted_normals_at_reference: Float[np.ndarray, "num_reference 3"],
+) -> float:
+    """Normal consistency: the mean `|n_p . n_g|` of each side's normals against the other side's normal where it is
+    nearest, averaged over the two directions."""
+    forward = np.abs((predicted_normals * reference_normals_at_predicted).sum(-1)).mean()
+    backward = np.abs((reference_normals * predicted_normals_at_reference).sum(-1)).mean()
+    return float((forward + backward) / 2)
+
+
 def mean_within(distances: Float[np.ndarray, " num"], max_distance: Optional[float]) -> float:
     """Mean of the distances below `max_distance` (all of them when None); NaN when none is left."""
     kept = distances if max_distance is None else distances[distances < max_distance]
@@ -257,9 +270,9 @@ def compare_point_sets(
     to_predicted, predicted_index = nearest_distances(reference, predicted)
     normal_consistency = None
     if predicted_normals is not None and reference_normals is not None:
-        cos_forward = np.abs((predicted_normals * reference_normals[reference_index]).sum(-1))
-        cos_backward = np.abs((reference_normals * predicted_normals[predicted_index]).sum(-1))
-        normal_consistency = float((cos_forward.mean() + cos_backward.mean()) / 2)
+        normal_consistency = mean_normal_agreement(
+            predicted_normals, reference_normals[reference_index], reference_normals, predicted_normals[predicted_index]
+        )
     return report_from_distances(to_reference, to_predicted, thresholds, max_distance, normal_consistency)
 
 
@@ -279,9 +292,9 @@ def compare_points_to_meshes(
     to_predicted, predicted_faces = surface_distances(reference_points, predicted)
     normal_consistency = None
     if predicted_normals is not None and reference_normals is not None:
-        cos_forward = np.abs((predicted_normals * reference.face_normals[reference_faces]).sum(-1))
-        cos_backward = np.abs((reference_normals * predicted.face_normals[predicted_faces]).sum(-1))
-        normal_consistency = float((cos_forward.mean() + cos_backward.mean()) / 2)
+        normal_consistency = mean_normal_agreement(
+            predicted_normals, reference.face_normals[reference_faces], reference_normals, predicted.face_normals[predicted_faces]
+        )
     return report_from_distances(to_reference, to_predicted, thresholds, max_distance, normal_consistency)
 
 
