@@ -14,6 +14,11 @@ Region of interest: the models reconstruct what lies in the unit sphere. This pl
 look at (or the sparse points, or a box the user gives) onto it, computed once from the training
 cameras and applied to every split. It is composed into the outputs' `dataparser_transform` /
 `dataparser_scale`, so meshes go back to the data's own units.
+
+Photographs coarse to fine (`photo_blur_sigma`): the training photographs can be blurred by a Gaussian whose width
+shrinks linearly to none at `photo_blur_end`, as the hash grid's levels switch on coarse to fine in space. A
+texture that repeats (bricks, tiles) matches itself again when a face seen obliquely is set back by one period;
+blurred below that period, the face is placed by its edges and the rest of the object first.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Dict, Literal, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig, DataparserOutputs
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
@@ -66,6 +72,24 @@ class SurfaceDataset(InputDataset):
         return {"fg_mask": (torch.from_numpy(mask)[..., None] > 0.5).float()}
 
 
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """`[N, H, W, C]` images blurred by a separable Gaussian of std `sigma` pixels (truncated at 3 sigma), borders
+    mirrored; `uint8` images stay `uint8`."""
+    radius = max(int(3.0 * sigma + 0.5), 1)
+    if radius >= min(images.shape[1:3]):
+        raise UserInputError(f"photo_blur_sigma {sigma}: wider than the photographs ({images.shape[2]}x{images.shape[1]}); give a smaller width.")
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = images.shape[-1]
+    planes = images.permute(0, 3, 1, 2).float()
+    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    planes = F.conv2d(F.pad(planes, (radius, radius, 0, 0), mode="reflect"), horizontal, groups=channels)
+    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="reflect"), horizontal.transpose(2, 3), groups=channels)
+    blurred = planes.permute(0, 2, 3, 1)
+    return blurred.round().clamp(0, 255).to(images.dtype) if images.dtype == torch.uint8 else blurred.to(images.dtype)
+
+
 def _has_alpha(image_filenames) -> bool:
     """Whether the first image has an alpha channel (read from its header only)."""
     if not image_filenames:
@@ -100,6 +124,36 @@ class SurfaceDataManager(VanillaDataManager[SurfaceDataset]):
                 f"{data}: nerfstudio's {type(config.dataparser).__name__} could not read this capture "
                 f"({type(error).__name__}: {str(error).strip()}); check the files against that data parser's format."
             ) from None
+
+    def next_train(self, step: int):
+        """nerfstudio's batch of rays, its photographs blurred while `photo_blur_sigma(step)` is above 0."""
+        self.train_count += 1
+        image_batch = next(self.iter_train_image_dataloader)
+        assert self.train_pixel_sampler is not None and isinstance(image_batch, dict)
+        sigma = self.photo_blur_sigma(step)
+        if sigma > 0:
+            image_batch = dict(image_batch, image=self._blurred(image_batch["image"], sigma))
+        batch = self.train_pixel_sampler.sample(image_batch)
+        return self.train_ray_generator(batch["indices"]), batch
+
+    def photo_blur_sigma(self, step: int) -> float:
+        """Width in pixels of the blur on the training photographs at `step`: `photo_blur_sigma` shrinking linearly
+        to 0 at `photo_blur_end`, in steps of half a pixel (each width is computed once)."""
+        start, end = self.config.photo_blur_sigma, self.config.photo_blur_end
+        if start <= 0 or step >= end:
+            return 0.0
+        return round(2.0 * start * (1.0 - step / end)) / 2.0
+
+    def _blurred(self, images, sigma: float):
+        """The batch's photographs blurred by a Gaussian of std `sigma` pixels (kept until the width changes)."""
+        if not isinstance(images, torch.Tensor):  # images of different sizes arrive as a list
+            return [self._blurred(image[None], sigma)[0] for image in images]
+        cached = getattr(self, "_blur_cache", None)
+        if cached is not None and cached[0] is images and cached[1] == sigma:
+            return cached[2]
+        blurred = gaussian_blur(images, sigma)
+        self._blur_cache = (images, sigma, blurred)
+        return blurred
 
     def create_train_dataset(self) -> SurfaceDataset:
         where = str(self.config.data)
@@ -224,3 +278,8 @@ class SurfaceDataManagerConfig(VanillaDataManagerConfig):
     """XMIN YMIN ZMIN XMAX YMAX ZMAX of the object's box in the data's own units (with `roi box`)."""
     roi_scale: float = 1.0
     """Multiplies the radius of the region found (above 1 when the object sticks out of the sphere)."""
+    photo_blur_sigma: float = 0.0
+    """Std in pixels of a Gaussian blur on the training photographs at the first step, shrinking linearly to none
+    at `photo_blur_end` (0: the photographs as they are; see the module's docstring)."""
+    photo_blur_end: int = 1000
+    """Step at which the photographs are trained on unblurred (fitted to the run's length at the CPU size)."""
