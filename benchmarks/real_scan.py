@@ -23,10 +23,12 @@ sphere), its largest connected component kept and mapped to the data's units, an
   the Chamfer distance to the exact surface, in the data's units and in pixels at the object (the footprint of
   one pixel at the mean camera distance), between the parts of the two surfaces that some camera sees
   (`mesh/capture_metrics.seen_part`; a DTU-like layout never sees the object's underside), each side's 100k
-  points measured to the other side's triangles (`compare_points_to_meshes`; also, as
-  `chamfer_to_samples_pixels`, to the other side's 100k points, which adds their spacing), and where the
-  error lies: the seen mesh's signed offsets from the exact surface along its normal (`signed_offsets`;
-  positive proud of it, negative inside), their median and 10th and 90th percentiles in pixels.
+  points measured to the other side's triangles (`surface_distances`; also, as `chamfer_to_samples_pixels`, to
+  the other side's 100k points, which adds their spacing), and where the error lies: the seen mesh's signed
+  offsets from the exact surface along its normal (`signed_offsets`; positive proud of it, negative inside),
+  their median and 10th and 90th percentiles in pixels; on the building, the same part by part of its surface
+  (roof slopes, walls, windows, gable, chimney: `data/shapes.building_part`), each part's share of the Chamfer
+  (the shares add up to it), printed as a table and kept in the JSON under "parts".
 
 It writes a picture of three held-out views: the photograph, the mesh shaded from that camera, and the mesh's
 normals as colours, side by side, and on a synthetic scene the mesh coloured by its signed offsets (white on
@@ -64,9 +66,10 @@ import trimesh
 from PIL import Image
 
 from neurecon_ns.data.neus_dataparser import NeusDataParserConfig, split_indices
+from neurecon_ns.data.shapes import BUILDING_PARTS, building_part
 from neurecon_ns.errors import UserInputError
 from neurecon_ns.mesh.capture_metrics import noise_radius, seen_part, signed_offsets, silhouette_ious, surface_noise
-from neurecon_ns.mesh.evaluate import compare_point_sets, compare_points_to_meshes, sample_surface
+from neurecon_ns.mesh.evaluate import compare_point_sets, report_from_distances, sample_surface, surface_distances
 from neurecon_ns.mesh.model_mesh import extract_model_surface
 from neurecon_ns.mesh.postprocess import keep_largest_component, transform_mesh
 from neurecon_ns.render.rasterize import MeshRenderer, PinholeCamera
@@ -178,13 +181,52 @@ def filled_recesses_surface(data: Path) -> trimesh.Trimesh:
     """The building scene's exact surface with its recesses filled, meshed as `neurecon synth` meshed the scene."""
     from neurecon_ns.data.shapes import building, surface_mesh
 
-    scene = json.loads((data / "scene.json").read_text())
-    if scene.get("shape") != "building":
+    shape = scene_shape(data)
+    if shape != "building":
         raise UserInputError(
-            f"{data / 'scene.json'}: --filled-recesses needs the building (shape '{scene.get('shape')}' here); "
+            f"{data / 'scene.json'}: --filled-recesses needs the building (shape '{shape}' here); "
             "write one with `neurecon synth --preset dtu`."
         )
-    return surface_mesh(building(recesses=()), int(scene.get("mesh_resolution", 384)))
+    return surface_mesh(building(recesses=()), int(json.loads((data / "scene.json").read_text()).get("mesh_resolution", 384)))
+
+
+def scene_shape(data: Path) -> Optional[str]:
+    """The shape a synthetic scene was written with (None for a real capture)."""
+    scene = data / "scene.json"
+    return json.loads(scene.read_text()).get("shape") if scene.is_file() else None
+
+
+def parts_breakdown(
+    mesh_parts: np.ndarray, reference_parts: np.ndarray, to_reference_px: np.ndarray, to_mesh_px: np.ndarray, offsets_px: np.ndarray
+) -> Dict[str, Dict[str, float]]:
+    """Where the Chamfer comes from, part by part of the exact surface: each part's share of the seen exact surface,
+    its share of the Chamfer (the parts' shares add up to the Chamfer), the completeness on it, and the signed offsets
+    of the mesh points whose nearest exact point lies on it (negative: inside)."""
+    parts = {}
+    for name in BUILDING_PARTS:
+        on_mesh, on_reference = mesh_parts == name, reference_parts == name
+        if not on_reference.any():
+            continue
+        offsets = offsets_px[on_mesh] if on_mesh.any() else np.full(1, np.nan)
+        parts[name] = {
+            "area_share": float(on_reference.mean()),
+            "chamfer_share_pixels": float((to_reference_px[on_mesh].sum() / len(to_reference_px) + to_mesh_px[on_reference].sum() / len(to_mesh_px)) / 2),
+            "completeness_pixels": float(to_mesh_px[on_reference].mean()),
+            "offset_p10_pixels": float(np.percentile(offsets, 10)),
+            "offset_median_pixels": float(np.median(offsets)),
+            "offset_p90_pixels": float(np.percentile(offsets, 90)),
+        }
+    return parts
+
+
+def parts_table(parts: Dict[str, Dict[str, float]]) -> str:
+    lines = ["| part | share of the surface | share of the Chamfer (px) | completeness (px) | offsets p10 / median / p90 (px) |", "|---|---:|---:|---:|---|"]
+    for name, part in parts.items():
+        lines.append(
+            f"| {name} | {part['area_share']:.3f} | {part['chamfer_share_pixels']:.3f} | {part['completeness_pixels']:.2f} "
+            f"| {part['offset_p10_pixels']:+.2f} / {part['offset_median_pixels']:+.2f} / {part['offset_p90_pixels']:+.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def train(args, data: Path):
@@ -270,7 +312,9 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
         # each side's points to the other side's triangles: a sample-to-sample distance would add its spacing
         # (0.4 px at 100k points on the building) to every row
         mesh_points, reference_points = sample_surface(seen_mesh, 100_000, seed=0)[0], sample_surface(seen_reference, 100_000, seed=1)[0]
-        report = compare_points_to_meshes(mesh_points, reference_points, seen_mesh, seen_reference)
+        to_reference, reference_faces = surface_distances(mesh_points, seen_reference)
+        to_mesh, _ = surface_distances(reference_points, seen_mesh)
+        report = report_from_distances(to_reference, to_mesh)
         results["chamfer_data_units"] = report.chamfer * data_per_unit
         results["chamfer_pixels"] = report.chamfer / pixel_unit
         results["accuracy_pixels"] = report.accuracy / pixel_unit
@@ -280,6 +324,11 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
         for name, percentile in (("p10", 10), ("median", 50), ("p90", 90)):
             results[f"offset_{name}_pixels"] = float(np.percentile(offsets_px, percentile))
         results["exact_surface_noise_deg"] = surface_noise(transform_mesh(reference, unit_to_data))
+        if scene_shape(data) == "building":
+            mesh_parts = building_part(seen_reference.triangles_center[reference_faces])
+            results["parts"] = parts_breakdown(
+                mesh_parts, building_part(reference_points), to_reference / pixel_unit, to_mesh / pixel_unit, offsets_px
+            )
         vertex_offsets_px = signed_offsets(np.asarray(mesh_unit.vertices), reference) / pixel_unit
     results["evaluation_seconds"] = time.perf_counter() - started
     if args.images_dir is not None:
@@ -351,11 +400,14 @@ def main() -> None:
     results.update({"label": args.label, "method": args.method, "steps": steps, "train_seconds": train_seconds,
                     "seconds_per_step": train_seconds / max(steps, 1), "settings": list(args.set), "data": str(data)})
     for name, value in results.items():
-        print(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
+        if name != "parts":
+            print(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
     if args.images_dir is not None:
         (Path(args.images_dir) / f"real_scan_{args.label}.json").write_text(json.dumps(results, indent=2))
     print(TABLE_HEADER)
     print(table_row(args.label, args.method, steps, train_seconds, results), flush=True)
+    if "parts" in results:
+        print(parts_table(results["parts"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,32 @@ def test_real_scan_script_row_and_missing_capture(tmp_path):
         real_scan.filled_recesses_surface(tmp_path)
 
 
+def test_real_scan_parts_add_up_to_the_chamfer():
+    """The building's Chamfer split by part: the parts' shares add up to the whole, and a part's offsets are those
+    of the mesh points nearest it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_scan.py"
+    spec = importlib.util.spec_from_file_location("real_scan", path)
+    real_scan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_scan)
+    rng = np.random.default_rng(0)
+    names = np.array(["roof, front slope", "front wall", "gable wall"], dtype=object)
+    mesh_parts, reference_parts = names[rng.integers(0, 3, 900)], names[rng.integers(0, 3, 1100)]
+    to_reference, to_mesh = rng.exponential(1.0, 900), rng.exponential(1.5, 1100)
+    offsets = np.where(mesh_parts == "gable wall", -3.0, 0.5)
+    parts = real_scan.parts_breakdown(mesh_parts, reference_parts, to_reference, to_mesh, offsets)
+    assert list(parts) == ["roof, front slope", "front wall", "gable wall"]  # the order of BUILDING_PARTS
+    chamfer = (to_reference.mean() + to_mesh.mean()) / 2
+    assert sum(part["chamfer_share_pixels"] for part in parts.values()) == pytest.approx(chamfer)
+    assert sum(part["area_share"] for part in parts.values()) == pytest.approx(1.0)
+    assert parts["gable wall"]["offset_median_pixels"] == -3.0 and parts["front wall"]["offset_p10_pixels"] == 0.5
+    assert parts["front wall"]["completeness_pixels"] == pytest.approx(to_mesh[reference_parts == "front wall"].mean())
+    table = real_scan.parts_table(parts)
+    assert "| gable wall |" in table and "-3.00 / -3.00 / -3.00" in table
+
+
 def test_signed_offsets_say_which_side_of_the_surface_and_how_far():
     from neurecon_ns.mesh.capture_metrics import signed_offsets
 

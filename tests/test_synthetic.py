@@ -327,6 +327,29 @@ def test_building_sdf_is_exact_at_known_points(point, distance):
     assert float(building.sdf(torch.tensor(point, dtype=torch.float64))) == pytest.approx(distance, abs=1e-9)
 
 
+@pytest.mark.parametrize(
+    "point, part",
+    [
+        ((0.0, -0.15, 0.19), "roof, front slope"),
+        ((0.2, 0.15, 0.19), "roof, back slope"),
+        ((0.12, -0.30, -0.30), "front wall"),  # between and below the windows
+        ((-0.25, -0.255, -0.12), "windows"),  # the back of a window recess
+        ((0.18, -0.30, -0.12), "windows"),  # the wall within 0.01 of a window's edge
+        ((0.10, 0.255, -0.26), "door"),
+        ((0.0, 0.30, -0.10), "back wall"),
+        ((-0.46, 0.0, -0.20), "left end wall"),
+        ((0.50, 0.0, -0.20), "gable wall"),
+        ((0.48, 0.0, 0.40), "gable steps and sides"),
+        ((-0.22, 0.12, 0.40), "chimney"),
+        ((0.0, 0.0, -0.42), "base"),
+    ],
+)
+def test_building_parts_name_each_face(point, part):
+    assert float(shapes.get_shape("building").sdf(np.array(point))) == pytest.approx(0.0, abs=1e-9)
+    assert shapes.building_part(np.array([point]))[0] == part
+    assert part in shapes.BUILDING_PARTS
+
+
 def test_building_without_recesses_has_flat_walls_across_the_windows():
     window_back, window_opening = (-0.25, -0.27, -0.12), (-0.25, -0.30, -0.12)
     filled = shapes.building(recesses=())

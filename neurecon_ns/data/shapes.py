@@ -298,6 +298,37 @@ def building(recesses: Sequence = BUILDING_RECESSES) -> Shape:
     return Shape("building", functools.partial(_building_sdf, recesses=tuple(recesses)), bounding_radius=0.73, albedo_fn=building_albedo)
 
 
+BUILDING_PARTS = (
+    "roof, front slope", "roof, back slope", "front wall", "windows", "back wall", "door", "left end wall",
+    "gable wall", "gable steps and sides", "chimney", "base",
+)
+"""The parts `building_part` names, in the order benchmarks list them."""
+
+
+def building_part(points: Float[np.ndarray, "n 3"]) -> np.ndarray:
+    """Which part of the building each point on or near its surface belongs to (a name of `BUILDING_PARTS`), for
+    benchmarks that say where a reconstruction's error lies. The front wall faces -y, the gable wall +x; a window or
+    the door includes its reveals and the wall 0.01 around it."""
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    eaves = BUILDING_PROFILE[2][1]
+    part = np.full(len(points), "base", dtype=object)
+    part[(y < 0.0) & (z > -0.41)] = "front wall"
+    part[(y >= 0.0) & (z > -0.41)] = "back wall"
+    part[(z > eaves - 0.005) & (y < 0.0)] = "roof, front slope"
+    part[(z > eaves - 0.005) & (y >= 0.0)] = "roof, back slope"
+    part[x < -BUILDING_HALF_LENGTH + 0.015] = "left end wall"
+    part[x > BUILDING_GABLE_X[0] - 0.005] = "gable steps and sides"
+    part[x > BUILDING_GABLE_X[1] - 0.005] = "gable wall"
+    part[z < BUILDING_PROFILE[0][1] + 0.005] = "base"
+    center, half_extents = BUILDING_CHIMNEY
+    part[np.all(np.abs(points - np.asarray(center)) <= np.asarray(half_extents) + 0.005, axis=1)] = "chimney"
+    for center, half_extents in BUILDING_RECESSES:
+        margin = np.array([0.01, 0.0, 0.01])
+        inside = np.all(np.abs(points - np.asarray(center)) <= np.asarray(half_extents) + margin, axis=1)
+        part[inside] = "windows" if center[1] < 0.0 else "door"
+    return part
+
+
 SHAPES: Dict[str, Callable[[], Shape]] = {
     "composite": composite,
     "sphere": sphere,
