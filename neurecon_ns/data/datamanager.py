@@ -282,4 +282,4 @@ class SurfaceDataManagerConfig(VanillaDataManagerConfig):
     """Std in pixels of a Gaussian blur on the training photographs at the first step, shrinking linearly to none
     at `photo_blur_end` (0: the photographs as they are; see the module's docstring)."""
     photo_blur_end: int = 1000
-    """Step at which the photographs are trained on unblurred (fitted to the run's length at the CPU size)."""
+    """Step from which the photographs are trained on as they are."""
