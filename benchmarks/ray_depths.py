@@ -76,7 +76,7 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from real_scan import all_views
+    from real_scan import all_views, pixel_at_object
 
     try:
         shape = get_shape(json.loads(scene_file.read_text())["shape"])
@@ -86,7 +86,7 @@ def main() -> None:
     model = run.model
     model.eval()
     cameras = all_views(args.data).cameras
-    pixel = float(cameras.camera_to_worlds[:, :3, 3].norm(dim=-1).mean() / cameras.fx.mean())
+    pixel = pixel_at_object(cameras)
     depths = ray_depths(model, shape, cameras, range(0, len(cameras), args.every), args.rays_per_view)
     expected_minus_zero = (depths["expected"] - depths["zero"]) / pixel
     zero_minus_exact = (depths["zero"] - depths["exact"]) / pixel

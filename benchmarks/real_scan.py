@@ -89,6 +89,11 @@ def resolve_data(path: Path) -> Path:
     raise UserInputError(f"{path}: capture not found (also looked in {REPO / path}); pass a scene in the NeuS layout with --data.")
 
 
+def pixel_at_object(cameras) -> float:
+    """The footprint of one pixel at the mean camera distance from the centre, in unit-sphere units."""
+    return float(cameras.camera_to_worlds[:, :3, 3].norm(dim=-1).mean() / cameras.fx.mean())
+
+
 def all_views(data: Path):
     """Every view of the capture (cameras in the unit-sphere space, masks required) as nerfstudio's parser gives it."""
     parser = NeusDataParserConfig(data=data, eval_mode="all", masks="on").setup()
@@ -302,8 +307,7 @@ def evaluate(model, data: Path, args) -> Dict[str, float]:
         "noise_radius_data_units": noise_radius(mesh_data),
         "num_faces": int(len(mesh_unit.faces)),
     }
-    centres = cameras.camera_to_worlds[:, :3, 3].norm(dim=-1).mean()
-    pixel_unit = float(centres / cameras.fx.mean())
+    pixel_unit = pixel_at_object(cameras)
     data_per_unit = float(abs(np.linalg.det(unit_to_data[:3, :3])) ** (1.0 / 3.0))
     results["pixel_at_object_data_units"] = pixel_unit * data_per_unit
     vertex_offsets_px = None

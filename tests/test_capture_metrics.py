@@ -99,16 +99,22 @@ def test_a_face_seen_only_edge_on_is_not_seen():
     assert seen_faces(box, [camera], min_facing=-1.0)[edge_on].all()  # what a visibility test alone would keep
 
 
-def test_real_scan_script_row_and_missing_capture(tmp_path):
+def load_real_scan():
+    """benchmarks/real_scan.py as a module (benchmarks are scripts, not a package)."""
     import importlib.util
     from pathlib import Path
-
-    from neurecon_ns.errors import UserInputError
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_scan.py"
     spec = importlib.util.spec_from_file_location("real_scan", path)
     real_scan = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(real_scan)
+    return real_scan
+
+
+def test_real_scan_script_row_and_missing_capture(tmp_path):
+    from neurecon_ns.errors import UserInputError
+
+    real_scan = load_real_scan()
     results = {"mean_iou": 0.98123, "min_iou": 0.95, "held_out_psnr_masked": 24.5, "surface_noise_deg": 3.21, "chamfer_pixels": 0.8}
     row = real_scan.table_row("before", "neus-fast", 2400, 840.0, results)
     assert row == "| before | neus-fast | 2400 | 840 | 0.35 | 0.9812 | 0.9500 | 24.50 | 3.21 | 0.80 |"
@@ -125,13 +131,7 @@ def test_real_scan_script_row_and_missing_capture(tmp_path):
 def test_real_scan_parts_add_up_to_the_chamfer():
     """The building's Chamfer split by part: the parts' shares add up to the whole, and a part's offsets are those
     of the mesh points nearest it."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_scan.py"
-    spec = importlib.util.spec_from_file_location("real_scan", path)
-    real_scan = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real_scan)
+    real_scan = load_real_scan()
     rng = np.random.default_rng(0)
     names = np.array(["roof, front slope", "front wall", "gable wall"], dtype=object)
     mesh_parts, reference_parts = names[rng.integers(0, 3, 900)], names[rng.integers(0, 3, 1100)]
