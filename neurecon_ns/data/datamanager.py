@@ -113,6 +113,8 @@ class SurfaceDataManager(VanillaDataManager[SurfaceDataset]):
         local_rank: int = 0,
         **kwargs,
     ):
+        self._blur_cache = None
+        """The last blurred photographs: (the batch's images, the width, the blurred images)."""
         data = Path(config.data if config.data is not None else config.dataparser.data)
         check_capture_files(config.dataparser, data)
         try:
@@ -133,6 +135,8 @@ class SurfaceDataManager(VanillaDataManager[SurfaceDataset]):
         sigma = self.photo_blur_sigma(step)
         if sigma > 0:
             image_batch = dict(image_batch, image=self._blurred(image_batch["image"], sigma))
+        else:
+            self._blur_cache = None  # the blurred copy is not needed again
         batch = self.train_pixel_sampler.sample(image_batch)
         return self.train_ray_generator(batch["indices"]), batch
 
@@ -148,7 +152,7 @@ class SurfaceDataManager(VanillaDataManager[SurfaceDataset]):
         """The batch's photographs blurred by a Gaussian of std `sigma` pixels (kept until the width changes)."""
         if not isinstance(images, torch.Tensor):  # images of different sizes arrive as a list
             return [self._blurred(image[None], sigma)[0] for image in images]
-        cached = getattr(self, "_blur_cache", None)
+        cached = self._blur_cache
         if cached is not None and cached[0] is images and cached[1] == sigma:
             return cached[2]
         blurred = gaussian_blur(images, sigma)
